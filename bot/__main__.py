@@ -1,0 +1,159 @@
+"""Command line: `python -m bot <command>`. Each command lives with its feature; this file only routes."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import logging
+import sys
+from datetime import datetime, timezone
+
+# command -> (module, function, one-line help). Functions take argv (list[str]) and return an exit code.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "serve": ("bot.__main__", "serve_main", "run the webhook server (Procfile: web)"),
+    "queue": ("bot.__main__", "queue_main", "list pending/failed deliveries; `queue retry ID` re-queues one"),
+    "audit": ("bot.__main__", "audit_main", "print the audit log of writes"),
+    "demo": ("bot.demo", "main", "triage the sample issues with the bundled local model"),
+    "triage": ("bot.demo", "triage_main", "triage one issue (--title/--body or --file) and print JSON"),
+    "backfill": ("bot.features.index", "backfill_main", "index all issues of OWNER/NAME"),
+    "sweep": ("bot.features.lifecycle", "sweep_main", "run the needs-info/stale sweep"),
+    "digest": ("bot.features.digest", "digest_main", "print or post the weekly digest"),
+    "models": ("bot.models.report", "main", "model calls: per-tier counts, latency, escalations, cost"),
+    "export-training": ("bot.features.learning", "export_main", "write training examples as JSONL"),
+    "eval": ("bot.__main__", "eval_main", "evaluations: triage, duplicates, replay"),
+}
+
+
+class FieldFormatter(logging.Formatter):
+    """Appends structured fields (delivery id, repo) to each line when a record carries them."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        fields = [f"{key}={getattr(record, key)}" for key in ("delivery", "repo", "issue") if hasattr(record, key)]
+        return f"{line} {' '.join(fields)}" if fields else line
+
+
+def setup_logging(level: str = "INFO") -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(FieldFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler], force=True)
+
+
+def serve_main(argv: list[str]) -> int:
+    from aiohttp import web
+
+    from bot.app import Services, create_app
+    from bot.config import ConfigError, Settings
+
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"first-responder: cannot start: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level)
+    services = Services(settings)
+    logging.getLogger("bot").info("serving on %s:%s (dry run: %s)", settings.host, settings.port, settings.dry_run)
+    web.run_app(create_app(services), host=settings.host, port=settings.port, print=None)
+    return 0
+
+
+def _db():
+    from bot.config import Settings
+    from bot.db import open_db
+
+    return open_db(Settings.from_env(require_app=False).database_path)
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    widths = {c: max([len(c)] + [len(str(r.get(c, ""))) for r in rows]) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns), "  ".join("-" * widths[c] for c in columns)]
+    lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(lines)
+
+
+def queue_main(argv: list[str]) -> int:
+    from bot import queue
+
+    parser = argparse.ArgumentParser(prog="python -m bot queue")
+    parser.add_argument("verb", nargs="?", choices=["list", "retry"], default="list")
+    parser.add_argument("delivery", nargs="?")
+    args = parser.parse_args(argv)
+    db = _db()
+    if args.verb == "retry":
+        if not args.delivery:
+            parser.error("retry needs a delivery id")
+        if queue.retry(db, args.delivery):
+            print(f"re-queued {args.delivery}")
+            return 0
+        print(f"no pending or failed delivery {args.delivery}", file=sys.stderr)
+        return 1
+    rows = queue.list_deliveries(db)
+    for row in rows:
+        row["received_at"] = datetime.fromtimestamp(row["received_at"], timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        row["error"] = (row["error"] or "")[:80]
+    print(_table(rows, ["id", "event", "action", "repo", "issue", "status", "attempts", "received_at", "error"]))
+    return 0
+
+
+def audit_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bot audit")
+    parser.add_argument("--repo")
+    parser.add_argument("--since", help="YYYY-MM-DD (UTC)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    sql, params = "SELECT * FROM audit WHERE 1=1", []
+    if args.repo:
+        sql += " AND repo = ?"
+        params.append(args.repo)
+    if args.since:
+        try:
+            since = datetime.fromisoformat(args.since).replace(tzinfo=timezone.utc).timestamp()
+        except ValueError:
+            parser.error("--since takes a date like 2026-01-31")
+        sql += " AND ts >= ?"
+        params.append(since)
+    rows = list(_db().query(sql + " ORDER BY id", params))
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    for row in rows:
+        row["ts"] = datetime.fromtimestamp(row["ts"], timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        row["details"] = (row["details"] or "")[:100]
+    print(_table(rows, ["ts", "delivery_id", "repo", "issue", "action", "result", "details"]))
+    return 0
+
+
+def eval_main(argv: list[str]) -> int:
+    if not argv or argv[0].startswith("-"):
+        print("usage: python -m bot eval {triage,duplicates,replay} [options]", file=sys.stderr)
+        return 2
+    module = importlib.import_module(f"bot.eval.{argv[0]}")
+    return module.main(argv[1:])
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print("usage: python -m bot <command> [options]\n\ncommands:")
+        for name, (_m, _f, text) in COMMANDS.items():
+            print(f"  {name:16} {text}")
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"unknown command {name!r}; try `python -m bot --help`", file=sys.stderr)
+        return 2
+    if name != "serve":
+        import os
+
+        setup_logging(os.environ.get("LOG_LEVEL", "WARNING"))
+    module_name, func, _text = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    result = getattr(module, func)(rest)
+    if asyncio.iscoroutine(result):
+        result = asyncio.run(result)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""The only code that writes to GitHub: ``apply(plan, ctx)``.
+
+Everything the bot does to a repository passes through here, so this is where dry run is honoured,
+where every write (or would-be write) lands in the audit log, and where idempotency lives: a comment
+with a hidden marker edits the bot's earlier comment instead of posting a second one, labels that do
+not exist in the repository are never created by accident, and a closed issue is not closed twice.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from typing import Any
+from urllib.parse import quote
+
+import gidgethub
+
+from bot.context import Context
+from bot.core import plan as p
+
+log = logging.getLogger(__name__)
+
+
+def audit(ctx: Context, action: str, issue: int | None, details: dict[str, Any], result: str) -> None:
+    """One row in the audit log; never raises into the caller's write path."""
+    ctx.db["audit"].insert({
+        "ts": time.time(), "delivery_id": ctx.delivery_id, "repo": ctx.repo, "issue": issue,
+        "action": action, "details": json.dumps(details, default=str), "result": result,
+    })
+
+
+async def repo_labels(ctx: Context) -> set[str]:
+    """The repository's label names (cached on the context for one delivery)."""
+    cache = getattr(ctx, "_labels", None)
+    if cache is None:
+        cache = set()
+        async for label in ctx.gh.getiter(ctx.url("/labels") + "?per_page=100"):
+            cache.add(label["name"])
+        ctx._labels = cache  # type: ignore[attr-defined]
+    return cache
+
+
+async def find_marked_comment(ctx: Context, issue: int, marker: str) -> dict | None:
+    """The bot's own comment on ``issue`` that carries ``marker``, if any."""
+    async for comment in ctx.gh.getiter(ctx.url(f"/issues/{issue}/comments") + "?per_page=100"):
+        user = comment.get("user") or {}
+        if user.get("type") == "Bot" and marker in (comment.get("body") or ""):
+            return comment
+    return None
+
+
+def _details(action: p.Action) -> dict[str, Any]:
+    data = dataclasses.asdict(action)
+    data.pop("issue", None)
+    if "body" in data and data["body"] and len(data["body"]) > 2000:
+        data["body"] = data["body"][:2000] + "…"
+    return data
+
+
+async def apply(plan: p.Plan, ctx: Context) -> list[dict[str, Any]]:
+    """Carry out ``plan`` in order; returns one result per action (also written to the audit log).
+
+    An action that fails is logged and audited as ``error`` and the rest of the plan still runs, so one
+    missing permission does not cost the whole response; the first error is re-raised at the end so
+    the queue retries the delivery (markers keep the retry from repeating what already succeeded).
+    """
+    results: list[dict[str, Any]] = []
+    first_error: Exception | None = None
+    for action in plan.actions:
+        name = type(action).__name__
+        issue = getattr(action, "issue", None)
+        details = _details(action)
+        if ctx.dry_run:
+            audit(ctx, name, issue, details, "dry-run")
+            results.append({"action": name, "issue": issue, "result": "dry-run"})
+            continue
+        try:
+            outcome = await _apply_one(action, ctx)
+        except gidgethub.HTTPException as exc:
+            log.error("write failed: %s on %s#%s: %s", name, ctx.repo, issue, exc,
+                      extra={"delivery": ctx.delivery_id})
+            audit(ctx, name, issue, {**details, "error": str(exc)}, "error")
+            results.append({"action": name, "issue": issue, "result": "error", "error": str(exc)})
+            first_error = first_error or exc
+            continue
+        details.update(outcome or {})
+        result = "skipped" if outcome and outcome.get("skipped") else "ok"
+        audit(ctx, name, issue, details, result)
+        results.append({"action": name, "issue": issue, "result": result, **(outcome or {})})
+    if first_error is not None:
+        raise first_error
+    return results
+
+
+async def _apply_one(action: p.Action, ctx: Context) -> dict[str, Any] | None:
+    gh = ctx.gh
+    if isinstance(action, p.Comment):
+        if action.marker:
+            body = action.body if action.marker in action.body else f"{action.body}\n\n{action.marker}"
+            existing = await find_marked_comment(ctx, action.issue, action.marker)
+            if existing is not None:
+                if existing.get("body") == body:
+                    return {"skipped": "unchanged", "comment_id": existing["id"]}
+                await gh.patch(ctx.url(f"/issues/comments/{existing['id']}"), data={"body": body})
+                return {"edited": existing["id"], "comment_id": existing["id"]}
+        else:
+            body = action.body
+        created = await gh.post(ctx.url(f"/issues/{action.issue}/comments"), data={"body": body})
+        return {"comment_id": created["id"]}
+    if isinstance(action, p.AddLabels):
+        existing_labels = await repo_labels(ctx)
+        wanted = [label for label in action.labels if label in existing_labels]
+        missing = [label for label in action.labels if label not in existing_labels]
+        if not wanted:
+            return {"skipped": "labels do not exist in the repository", "missing": missing}
+        await gh.post(ctx.url(f"/issues/{action.issue}/labels"), data={"labels": wanted})
+        return {"applied": wanted, "missing": missing}
+    if isinstance(action, p.RemoveLabel):
+        try:
+            await gh.delete(ctx.url(f"/issues/{action.issue}/labels/{quote(action.label, safe='')}"))
+        except gidgethub.BadRequest as exc:
+            if exc.status_code == 404:
+                return {"skipped": "label not on the issue"}
+            raise
+        return None
+    if isinstance(action, p.CreateLabel):
+        if action.name in await repo_labels(ctx):
+            return {"skipped": "exists"}
+        await gh.post(ctx.url("/labels"), data={"name": action.name, "color": action.color,
+                                                 "description": action.description})
+        ctx._labels.add(action.name)  # type: ignore[attr-defined]
+        return None
+    if isinstance(action, p.Close):
+        current = await gh.getitem(ctx.url(f"/issues/{action.issue}"))
+        if current.get("state") == "closed":
+            return {"skipped": "already closed"}
+        await gh.patch(ctx.url(f"/issues/{action.issue}"),
+                       data={"state": "closed", "state_reason": action.state_reason})
+        return None
+    if isinstance(action, p.Reopen):
+        current = await gh.getitem(ctx.url(f"/issues/{action.issue}"))
+        if current.get("state") == "open":
+            return {"skipped": "already open"}
+        await gh.patch(ctx.url(f"/issues/{action.issue}"), data={"state": "open", "state_reason": "reopened"})
+        return None
+    if isinstance(action, p.Assign):
+        await gh.post(ctx.url(f"/issues/{action.issue}/assignees"), data={"assignees": list(action.assignees)})
+        return None
+    if isinstance(action, p.Unassign):
+        await gh.delete(ctx.url(f"/issues/{action.issue}/assignees"), data={"assignees": list(action.assignees)})
+        return None
+    if isinstance(action, p.React):
+        if action.comment_id is not None:
+            url = ctx.url(f"/issues/comments/{action.comment_id}/reactions")
+        else:
+            url = ctx.url(f"/issues/{action.issue}/reactions")
+        await gh.post(url, data={"content": action.content})
+        return None
+    if isinstance(action, p.EditIssueBody):
+        await gh.patch(ctx.url(f"/issues/{action.issue}"), data={"body": action.body})
+        return None
+    if isinstance(action, p.CreateIssue):
+        body = action.body
+        if action.marker:
+            if action.marker not in body:
+                body = f"{body}\n\n{action.marker}"
+            existing = await find_marked_issue(ctx, action.marker, action.labels)
+            if existing is not None:
+                if existing.get("body") != body or existing.get("title") != action.title:
+                    await gh.patch(ctx.url(f"/issues/{existing['number']}"),
+                                   data={"title": action.title, "body": body})
+                    return {"edited_issue": existing["number"], "number": existing["number"]}
+                return {"skipped": "unchanged", "number": existing["number"]}
+        labels = [label for label in action.labels if label in await repo_labels(ctx)]
+        created = await gh.post(ctx.url("/issues"), data={"title": action.title, "body": body, "labels": labels})
+        return {"number": created["number"]}
+    raise TypeError(f"unknown action {action!r}")
+
+
+async def find_marked_issue(ctx: Context, marker: str, labels: tuple[str, ...] = ()) -> dict | None:
+    """The bot's own issue carrying ``marker``: the audit log names it; the issue body confirms it."""
+    rows = ctx.db.execute(
+        "SELECT details FROM audit WHERE repo = ? AND action = 'CreateIssue' AND result IN ('ok', 'skipped') "
+        "ORDER BY id DESC", [ctx.repo]).fetchall()
+    for (details,) in rows:
+        data = json.loads(details)
+        if marker in (data.get("marker") or "") and data.get("number"):
+            try:
+                issue = await ctx.gh.getitem(ctx.url(f"/issues/{data['number']}"))
+            except gidgethub.BadRequest:
+                continue
+            if marker in (issue.get("body") or ""):
+                return issue
+    query = "?state=all&per_page=100" + (f"&labels={quote(labels[0])}" if labels else "")
+    async for issue in ctx.gh.getiter(ctx.url("/issues") + query):
+        if (issue.get("user") or {}).get("type") == "Bot" and marker in (issue.get("body") or ""):
+            return issue
+    return None

@@ -1,0 +1,131 @@
+"""The one SQLite database: deliveries, audit log, model calls, installations and feature state.
+
+Each subsystem that owns tables provides an idempotent ``ensure_schema(db)`` listed in ``SCHEMAS``,
+so opening a database always brings it up to date and re-running is safe (as in simonw/llm).
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import sqlite3
+import time
+from typing import Any, Callable
+
+import sqlite_utils
+
+
+def _core_schema(db: sqlite_utils.Database) -> None:
+    db.execute(
+        """CREATE TABLE IF NOT EXISTS deliveries (
+            id TEXT PRIMARY KEY,
+            event TEXT NOT NULL,
+            action TEXT,
+            repo TEXT,
+            issue INTEGER,
+            installation_id INTEGER,
+            payload TEXT NOT NULL,
+            status TEXT NOT NULL DEFAULT 'pending',
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL NOT NULL DEFAULT 0,
+            received_at REAL NOT NULL,
+            finished_at REAL,
+            error TEXT
+        )"""
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS deliveries_status ON deliveries(status, next_attempt_at)")
+    db.execute(
+        """CREATE TABLE IF NOT EXISTS audit (
+            id INTEGER PRIMARY KEY,
+            ts REAL NOT NULL,
+            delivery_id TEXT,
+            repo TEXT,
+            issue INTEGER,
+            action TEXT NOT NULL,
+            details TEXT,
+            result TEXT NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS audit_repo_issue ON audit(repo, issue, action)")
+    db.execute(
+        """CREATE TABLE IF NOT EXISTS model_calls (
+            id INTEGER PRIMARY KEY,
+            ts REAL NOT NULL,
+            delivery_id TEXT,
+            repo TEXT,
+            issue INTEGER,
+            tier TEXT NOT NULL,
+            model TEXT,
+            prompt_name TEXT,
+            prompt_sha256 TEXT,
+            input_tokens INTEGER,
+            output_tokens INTEGER,
+            latency_ms REAL,
+            cost_usd REAL,
+            escalated INTEGER,
+            reason TEXT,
+            output TEXT
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE IF NOT EXISTS installations (
+            repo TEXT PRIMARY KEY,
+            installation_id INTEGER NOT NULL,
+            added_at REAL NOT NULL
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE IF NOT EXISTS kv (
+            key TEXT PRIMARY KEY,
+            value TEXT
+        )"""
+    )
+
+
+# Modules listed here provide ensure_schema(db); imported lazily so bot.db stays light.
+SCHEMA_MODULES = [
+    "bot.index.store",
+    "bot.features.lifecycle",
+    "bot.features.digest",
+    "bot.features.learning",
+]
+SCHEMAS: list[Callable[[sqlite_utils.Database], None]] = [_core_schema]
+
+
+def open_db(path: str) -> sqlite_utils.Database:
+    """Open (creating if needed) the database with WAL and every schema ensured."""
+    conn = sqlite3.connect(path, check_same_thread=False, timeout=30, isolation_level=None)
+    db = sqlite_utils.Database(conn)
+    if path != ":memory:":
+        db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("PRAGMA busy_timeout=30000")
+    for schema in SCHEMAS:
+        schema(db)
+    for name in SCHEMA_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue
+            raise
+        ensure = getattr(module, "ensure_schema", None)
+        if ensure is not None:
+            ensure(db)
+    return db
+
+
+def kv_get(db: sqlite_utils.Database, key: str, default: Any = None) -> Any:
+    row = db.execute("SELECT value FROM kv WHERE key = ?", [key]).fetchone()
+    return json.loads(row[0]) if row else default
+
+
+def kv_set(db: sqlite_utils.Database, key: str, value: Any) -> None:
+    db.execute("INSERT OR REPLACE INTO kv(key, value) VALUES (?, ?)", [key, json.dumps(value)])
+
+
+def log_model_call(db: sqlite_utils.Database, **fields: Any) -> None:
+    """One row per model call (any tier), so cost and escalations can be reported later."""
+    fields.setdefault("ts", time.time())
+    if "output" in fields and not isinstance(fields["output"], (str, type(None))):
+        fields["output"] = json.dumps(fields["output"])
+    db["model_calls"].insert(fields, alter=True)

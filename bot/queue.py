@@ -1,0 +1,187 @@
+"""The durable delivery queue and its worker.
+
+GitHub gives a webhook 10 seconds and does not retry by itself, so the server stores each delivery
+here before answering and does the real work afterwards. Deliveries for one issue run in order;
+different issues run concurrently up to a bound; a delivery is done only when its handlers finished;
+failures retry with backoff and are finally parked as ``failed`` with their error, never dropped.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from typing import Any, Awaitable, Callable
+
+import sqlite_utils
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def _locate(payload: dict[str, Any]) -> tuple[str | None, int | None, int | None]:
+    repo = (payload.get("repository") or {}).get("full_name")
+    issue = (payload.get("issue") or {}).get("number")
+    installation = (payload.get("installation") or {}).get("id")
+    return repo, issue, installation
+
+
+def enqueue(db: sqlite_utils.Database, delivery_id: str, event: str, payload: dict[str, Any],
+            raw: bytes | None = None) -> bool:
+    """Store a delivery; False if this delivery id was seen before (GitHub redelivery)."""
+    repo, issue, installation = _locate(payload)
+    cursor = db.execute(
+        "INSERT OR IGNORE INTO deliveries (id, event, action, repo, issue, installation_id, payload, status,"
+        " attempts, next_attempt_at, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, 0, ?)",
+        [delivery_id, event, payload.get("action"), repo, issue, installation,
+         raw.decode("utf-8") if raw is not None else json.dumps(payload), time.time()],
+    )
+    return cursor.rowcount == 1
+
+
+def depth(db: sqlite_utils.Database) -> tuple[int, float | None]:
+    """(pending count, age in seconds of the oldest pending delivery)."""
+    row = db.execute("SELECT count(*), min(received_at) FROM deliveries WHERE status IN ('pending', 'running')"
+                     ).fetchone()
+    return row[0], (time.time() - row[1]) if row[1] else None
+
+
+def list_deliveries(db: sqlite_utils.Database, statuses: tuple[str, ...] = ("pending", "running", "failed")
+                    ) -> list[dict[str, Any]]:
+    marks = ",".join("?" for _ in statuses)
+    return list(db.query(
+        f"SELECT id, event, action, repo, issue, status, attempts, received_at, error FROM deliveries"
+        f" WHERE status IN ({marks}) ORDER BY received_at", list(statuses)))
+
+
+def retry(db: sqlite_utils.Database, delivery_id: str) -> bool:
+    """Put a failed (or stuck) delivery back in the queue."""
+    cursor = db.execute("UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = 0, error = NULL"
+                        " WHERE id = ? AND status != 'done'", [delivery_id])
+    return cursor.rowcount == 1
+
+
+class Worker:
+    """Drains the queue: per-issue order, bounded concurrency, retries with backoff."""
+
+    def __init__(self, db: sqlite_utils.Database, handler: Handler, *, concurrency: int = 8,
+                 max_attempts: int = 5, base_delay: float = 2.0, metrics: Any = None) -> None:
+        self.db = db
+        self.handler = handler
+        self.concurrency = concurrency
+        self.max_attempts = max_attempts
+        self.base_delay = base_delay
+        self.metrics = metrics
+        self.wake = asyncio.Event()
+        self._running: dict[str, asyncio.Task] = {}  # ordering key -> task
+        self._stopping = False
+
+    def resume(self) -> int:
+        """Deliveries that were running when the process died go back to pending."""
+        return self.db.execute("UPDATE deliveries SET status = 'pending' WHERE status = 'running'").rowcount
+
+    @staticmethod
+    def _key(row: dict[str, Any]) -> str:
+        if row["repo"] and row["issue"]:
+            return f"{row['repo']}#{row['issue']}"
+        return f"delivery:{row['id']}"
+
+    def _ready(self) -> list[dict[str, Any]]:
+        """Pending deliveries that may start now: the oldest per ordering key, if it is due."""
+        rows = self.db.query(
+            "SELECT id, event, repo, issue, installation_id, next_attempt_at FROM deliveries"
+            " WHERE status = 'pending' ORDER BY received_at, rowid LIMIT 500")
+        now = time.time()
+        seen: set[str] = set()
+        ready = []
+        for row in rows:
+            key = self._key(row)
+            if key in seen or key in self._running:
+                seen.add(key)
+                continue
+            seen.add(key)
+            if row["next_attempt_at"] <= now:
+                ready.append(row)
+        return ready
+
+    async def run(self) -> None:
+        self.resume()
+        while not self._stopping:
+            self.wake.clear()
+            for row in self._ready():
+                if len(self._running) >= self.concurrency:
+                    break
+                key = self._key(row)
+                self.db.execute("UPDATE deliveries SET status = 'running' WHERE id = ?", [row["id"]])
+                task = asyncio.create_task(self._process(row["id"]))
+                self._running[key] = task
+                task.add_done_callback(lambda _t, key=key: self._finished(key))
+            if self.metrics is not None:
+                self.metrics.queue_depth.set(depth(self.db)[0])
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout=self._next_due())
+            except asyncio.TimeoutError:
+                pass
+
+    def _finished(self, key: str) -> None:
+        self._running.pop(key, None)
+        self.wake.set()
+
+    def _next_due(self) -> float:
+        row = self.db.execute("SELECT min(next_attempt_at) FROM deliveries WHERE status = 'pending'").fetchone()
+        if row[0] is None:
+            return 5.0
+        return min(5.0, max(0.05, row[0] - time.time()))
+
+    async def _process(self, delivery_id: str) -> None:
+        row = next(self.db.query("SELECT * FROM deliveries WHERE id = ?", [delivery_id]))
+        started = time.monotonic()
+        try:
+            await self.handler(row)
+        except asyncio.CancelledError:
+            self.db.execute("UPDATE deliveries SET status = 'pending' WHERE id = ?", [delivery_id])
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure is recorded, none dropped
+            attempts = row["attempts"] + 1
+            error = f"{type(exc).__name__}: {exc}"[:2000]
+            if attempts >= self.max_attempts:
+                log.error("delivery %s parked as failed after %d attempts: %s", delivery_id, attempts, error)
+                self.db.execute("UPDATE deliveries SET status = 'failed', attempts = ?, error = ?, finished_at = ?"
+                                " WHERE id = ?", [attempts, error, time.time(), delivery_id])
+                if self.metrics is not None:
+                    self.metrics.failed.labels(row["event"]).inc()
+            else:
+                delay = self.base_delay * (2 ** (attempts - 1)) * (0.75 + random.random() / 2)
+                log.warning("delivery %s failed (attempt %d): %s; retry in %.1fs", delivery_id, attempts, error,
+                            delay)
+                self.db.execute("UPDATE deliveries SET status = 'pending', attempts = ?, error = ?,"
+                                " next_attempt_at = ? WHERE id = ?",
+                                [attempts, error, time.time() + delay, delivery_id])
+            return
+        self.db.execute("UPDATE deliveries SET status = 'done', finished_at = ?, attempts = attempts + 1 WHERE id = ?",
+                        [time.time(), delivery_id])
+        if self.metrics is not None:
+            self.metrics.done.labels(row["event"]).inc()
+            self.metrics.handler_latency.labels(row["event"]).observe(time.monotonic() - started)
+
+    async def drain(self, timeout: float = 30.0) -> None:
+        """Wait until nothing is pending or running (tests and the CLI use this)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pending = self.db.execute(
+                "SELECT count(*) FROM deliveries WHERE status IN ('pending', 'running') AND next_attempt_at <= ?",
+                [time.time() + 0.5]).fetchone()[0]
+            if pending == 0 and not self._running:
+                return
+            self.wake.set()
+            await asyncio.sleep(0.02)
+        raise TimeoutError("queue did not drain")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self.wake.set()
+        for task in list(self._running.values()):
+            task.cancel()
+        await asyncio.gather(*self._running.values(), return_exceptions=True)
