@@ -26,7 +26,8 @@ import sqlite_utils
 from bot.index.text import clean_body
 
 FTS_COLUMNS = ("title", "search_body")
-FTS_TOKENIZE = "porter"
+import os
+FTS_TOKENIZE = os.environ.get("FTS_TOK", "porter")
 VECTOR_DTYPE = np.float16
 
 ISSUE_COLUMNS: dict[str, type] = {

@@ -1,0 +1,154 @@
+"""Regenerate tests/data/webhooks/*.json from GitHub's published webhook examples.
+
+Tests send the bot the payloads GitHub documents, not hand-written ones: npm `@octokit/webhooks-examples`,
+file `api.github.com/index.json`. We keep one example per (event, action) the bot routes, choosing the
+smallest example about an issue (not a pull request), and normalise what App deliveries carry:
+
+* every payload gets `installation: {"id": 1, "node_id": ...}` (GitHub adds it to each delivery of an
+  App; most examples were recorded from repository webhooks and lack it). For `installation` and
+  `installation_repositories`, whose `installation` is the full object, only its `id` is set to 1;
+* an action without a published example is derived from the closest one (see DERIVED) and listed in
+  the README written next to the files.
+
+    python scripts/update_webhook_examples.py [--version 7.6.1]
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import copy
+import json
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+PACKAGE = "@octokit/webhooks-examples"
+EXAMPLES_IN_PACKAGE = "package/api.github.com/index.json"
+OUTPUT = Path(__file__).resolve().parent.parent / "tests" / "data" / "webhooks"
+INSTALLATION_ID = 1
+
+WANTED: dict[str, tuple[str | None, ...]] = {
+    "ping": (None,),
+    "issues": ("opened", "edited", "closed", "reopened", "labeled", "unlabeled", "deleted", "transferred",
+               "assigned"),
+    "issue_comment": ("created", "edited", "deleted"),
+    "installation": ("created", "deleted"),
+    "installation_repositories": ("added", "removed"),
+}
+
+
+def _close(payload: dict) -> dict:
+    """`issues.closed` from `issues.reopened`: same issue, now closed as completed."""
+    issue = payload["issue"]
+    issue.update(state="closed", state_reason="completed", closed_at=issue["updated_at"])
+    return payload
+
+
+# (event, action) -> (source action, how to turn its example into ours, note for the README)
+DERIVED: dict[tuple[str, str], tuple[str, Callable[[dict], dict], str]] = {
+    ("issues", "closed"): ("reopened", _close,
+                           "from `issues.reopened`: action `closed`, issue `state` `closed`, "
+                           "`state_reason` `completed`, `closed_at` = `updated_at`"),
+}
+
+
+def _node_id(kind: str, number: int) -> str:
+    return base64.b64encode(f"0{len(kind)}:{kind}{number}".encode()).decode()
+
+
+def _is_about_issue(example: dict) -> bool:
+    return "pull_request" not in (example.get("issue") or {})
+
+
+def pick(events: list[dict], event: str, action: str | None) -> dict | None:
+    """The smallest published example for (event, action) that concerns an issue, or None."""
+    entry = next(e for e in events if e["name"] == event)
+    candidates = [x for x in entry["examples"] if x.get("action") == action and _is_about_issue(x)
+                  and (event != "ping" or "repository" in x)]
+    smallest = min(candidates, key=lambda x: len(json.dumps(x)), default=None)
+    return copy.deepcopy(smallest) if smallest is not None else None
+
+
+def normalise(event: str, payload: dict) -> dict:
+    """Give the payload the `installation` object that an App's deliveries carry."""
+    if event in ("installation", "installation_repositories"):
+        payload["installation"]["id"] = INSTALLATION_ID
+    else:
+        payload["installation"] = {"id": INSTALLATION_ID, "node_id": _node_id("Installation", INSTALLATION_ID)}
+    return payload
+
+
+def build(events: list[dict]) -> tuple[dict[str, dict], list[str]]:
+    """Return ({file name: payload}, README notes about derived examples)."""
+    files: dict[str, dict] = {}
+    notes: list[str] = []
+    for event, actions in WANTED.items():
+        for action in actions:
+            name = f"{event}.json" if action is None else f"{event}.{action}.json"
+            payload = pick(events, event, action)
+            if payload is None:
+                source, derive, note = DERIVED[(event, action)]
+                payload = derive(pick(events, event, source) or {})
+                payload["action"] = action
+                notes.append(f"- `{name}`: no published example; derived {note}.")
+            files[name] = normalise(event, payload)
+    return files, notes
+
+
+def fetch(version: str | None, workdir: Path) -> tuple[list[dict], str]:
+    """`npm pack` the package into workdir and return (examples index, exact package version)."""
+    spec_name = f"{PACKAGE}@{version}" if version else PACKAGE
+    result = subprocess.run(["npm", "pack", spec_name, "--json", "--silent"], cwd=workdir,
+                            check=True, capture_output=True, text=True)
+    packed = json.loads(result.stdout)[0]
+    with tarfile.open(workdir / packed["filename"]) as tar:
+        member = tar.extractfile(EXAMPLES_IN_PACKAGE)
+        assert member is not None, EXAMPLES_IN_PACKAGE
+        return json.load(member), packed["version"]
+
+
+README = """# Webhook payloads used by the tests
+
+Generated by `scripts/update_webhook_examples.py` from GitHub's published webhook examples: npm
+`{package}@{version}`, file `api.github.com/index.json` (the examples shown in GitHub's webhook
+documentation). Do not edit by hand; re-run the script.
+
+One file per event and action the bot routes (`<event>.<action>.json`, `ping.json` for ping), the
+smallest published example that concerns an issue rather than a pull request. Changes from the originals:
+
+- Every payload carries `installation: {{"id": 1, "node_id": ...}}`, as GitHub adds to an App's deliveries
+  (most examples were recorded from repository webhooks). In `installation.*` and
+  `installation_repositories.*`, which carry the full installation object, only its `id` is set to 1.
+- The repository is the examples' own (mostly `Codertocat/Hello-World`; `issues.transferred` is about
+  `octo-org/octo-repo`). Tests that need another repository change `repository` after loading.
+
+Derived examples (GitHub publishes none for these actions):
+
+{notes}
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--version", help="npm version of @octokit/webhooks-examples (default: latest)")
+    parser.add_argument("--output", type=Path, default=OUTPUT)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="octokit-webhooks-") as tmp:
+        events, version = fetch(args.version, Path(tmp))
+    files, notes = build(events)
+    args.output.mkdir(parents=True, exist_ok=True)
+    for old in args.output.glob("*.json"):
+        old.unlink()
+    for name, payload in files.items():
+        (args.output / name).write_text(json.dumps(payload, indent=2) + "\n")
+    (args.output / "README.md").write_text(
+        README.format(package=PACKAGE, version=version, notes="\n".join(notes) or "- none"))
+    print(f"wrote {len(files)} payloads to {args.output} from {PACKAGE}@{version}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
