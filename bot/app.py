@@ -102,9 +102,11 @@ class Services:
 
     def on_repo_added(self, repo: str, installation_id: int) -> None:
         """Hook for features that start work when a repository is added (e.g. index backfill)."""
-        hook = getattr(self, "repo_added_hook", None)
-        if hook is not None:
-            self.spawn(hook(repo, installation_id))
+        try:
+            from bot.features.index import on_repo_added
+        except ImportError:
+            return
+        self.spawn(on_repo_added(self, repo, installation_id))
 
     async def repo_config(self, gh, repo: str) -> RepoConfig:
         cached = self.config_cache.get(repo)

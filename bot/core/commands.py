@@ -1,0 +1,657 @@
+"""Slash commands in issue comments: parse them, then decide what each one may do.
+
+Comment text is untrusted, so commands are found by plain code and never by a model. The parser
+follows how GitHub renders Markdown closely enough that *quoting* a comment never re-runs it: lines in
+fenced or indented code blocks, inline code, block quotes and HTML comments are not commands. Other
+bots in the same repository (Prow, triagebot, ...) use slash commands too, which is why an unknown
+``/word`` is ignored unless it addresses this bot by name.
+
+``decide`` is pure: it gets the permission of the actor, the issue as GitHub returns it and the
+repository's labels, and returns a ``Plan`` plus an audit list and the feature calls (triage,
+summaries, the needs-info lifecycle, digests) that the webhook handler runs itself. Permissions
+follow Prow and triagebot: write access (admin, maintain, write) may do everything, authors may
+steer their own issue, and config can disable a command or widen/narrow who may run it.
+"""
+from __future__ import annotations
+
+import re
+import shlex
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Any, NamedTuple
+
+from bot.core.plan import (
+    AddLabels,
+    Assign,
+    Close,
+    Comment,
+    Plan,
+    React,
+    RemoveLabel,
+    Reopen,
+    Unassign,
+)
+
+WRITE_PERMISSIONS = frozenset({"admin", "maintain", "write"})
+"""GitHub's ``permission`` values that count as write access."""
+
+ANYONE, AUTHOR, WRITE = "anyone", "author", "write"
+"""Who may run a command: everyone; write access or the issue's author; write access only."""
+
+MAX_COMMANDS_PER_COMMENT = 20
+"""A comment with more commands than this is probably a paste; the rest are refused, not run."""
+
+CLOSE_REASONS = {
+    "completed": "completed",
+    "complete": "completed",
+    "not-planned": "not_planned",
+    "not_planned": "not_planned",
+    "notplanned": "not_planned",
+}
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    """What a command is for and who may run it by default (before ``commands.permissions``)."""
+
+    usage: str
+    does: str
+    who: str
+    feature: str | None = None
+
+
+COMMANDS: dict[str, CommandSpec] = {
+    "label": CommandSpec('/label a b "with space"', "add labels that exist in this repository", WRITE),
+    "unlabel": CommandSpec("/unlabel a", "remove labels", WRITE),
+    "close": CommandSpec("/close [completed|not-planned]", "close this issue (default: not planned)", AUTHOR),
+    "reopen": CommandSpec("/reopen", "reopen this issue", WRITE),
+    "duplicate": CommandSpec("/duplicate #N", "close this issue as a duplicate of #N", WRITE),
+    "assign": CommandSpec("/assign [@user ...]", "assign people (alone: yourself)", WRITE),
+    "unassign": CommandSpec("/unassign [@user ...]", "unassign people (alone: yourself)", WRITE),
+    "triage": CommandSpec("/triage", "run triage again now", AUTHOR, "triage"),
+    "summarize": CommandSpec("/summarize", "post or refresh a summary of this thread", ANYONE, "summarize"),
+    "needs-info": CommandSpec("/needs-info [what]", "ask the author for more information", WRITE, "lifecycle"),
+    "info-provided": CommandSpec("/info-provided", "end the wait for information", AUTHOR, "lifecycle"),
+    "freeze": CommandSpec("/freeze", "never close this issue as stale or for missing information", WRITE,
+                          "lifecycle"),
+    "unfreeze": CommandSpec("/unfreeze", "undo `/freeze`", WRITE, "lifecycle"),
+    "no-ai": CommandSpec("/no-ai", "stop posting model-written text on this issue", AUTHOR, "no-ai"),
+    "digest": CommandSpec("/digest", "post this week's digest now", WRITE, "digest"),
+    "help": CommandSpec("/help", "this list", ANYONE),
+}
+"""Every command, in the order ``/help`` lists them."""
+
+FEATURE_COMMANDS = frozenset(name for name, spec in COMMANDS.items() if spec.feature)
+"""Commands that the webhook handler carries out itself (``CommandOutcome.calls``)."""
+
+_LOGIN = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})$")
+_ISSUE_REF = re.compile(r"^#?(\d{1,10})$")
+_FENCE_OPEN = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+_NAME = r"([A-Za-z][A-Za-z0-9_-]*)"
+_SLASH_COMMAND = re.compile(rf"^/{_NAME}(?=\s|$)")
+_BLANK_LINE = re.compile(r"\n[ \t]*\n")
+_BACKTICKS = re.compile(r"`+")
+_COMMENT_MASK = "\x00"  # hidden text (HTML comments): dropped from arguments
+_CODE_MASK = "\x01"  # inline code: not a command start, but kept in arguments
+
+
+@dataclass(frozen=True)
+class Command:
+    """One command line: ``/name args`` or ``@bot name args``.
+
+    ``line`` is the command's source line (stripped), used to quote it in replies and the audit log;
+    ``addressed`` is true when the line named the bot (``@first-responder close``).
+    """
+
+    name: str
+    args: tuple[str, ...]
+    line: str
+    addressed: bool = False
+    lineno: int = 0
+
+
+class Verdict(NamedTuple):
+    """The audit record of one command: whether it ran, and why (or why not)."""
+
+    command: Command
+    allowed: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class FeatureCall:
+    """A command another feature carries out; ``name`` is the command (``triage``, ``needs-info``...)."""
+
+    name: str
+    command: Command
+    args: tuple[str, ...] = ()
+
+
+@dataclass
+class CommandOutcome:
+    """What ``decide`` settled: the plan to apply, one verdict per command, and the feature calls."""
+
+    plan: Plan = field(default_factory=Plan)
+    verdicts: list[Verdict] = field(default_factory=list)
+    calls: list[FeatureCall] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------------
+# Parsing
+
+
+def _bot_name_pattern(bot_login: str) -> re.Pattern[str] | None:
+    """``@name`` or ``@name[bot]`` at the start of a line; an App's login carries ``[bot]``."""
+    base = re.sub(r"\[bot\]$", "", bot_login.strip().lstrip("@"), flags=re.IGNORECASE)
+    if not base:
+        return None
+    return re.compile(rf"^@{re.escape(base)}(?:\[bot\])?[,:]?\s+/?{_NAME}(?=\s|$)", re.IGNORECASE)
+
+
+def _blank_fenced_lines(lines: list[str]) -> list[str]:
+    """Replace lines of fenced code blocks (``` and ~~~, CommonMark rules) by empty lines.
+
+    An unclosed fence runs to the end of the text, as GitHub renders it. Empty lines also end any
+    inline code span, just as the fence ends the paragraph before it.
+    """
+    out: list[str] = []
+    fence: str | None = None
+    for line in lines:
+        if fence is None:
+            opened = _FENCE_OPEN.match(line)
+            if opened and not (opened.group(1)[0] == "`" and "`" in line[opened.end():]):
+                fence = opened.group(1)
+                out.append("")
+                continue
+            out.append(line)
+        else:
+            stripped = line.strip()
+            if (len(line) - len(line.lstrip(" ")) <= 3 and stripped and set(stripped) == {fence[0]}
+                    and len(stripped) >= len(fence)):
+                fence = None
+            out.append("")
+    return out
+
+
+def _mask_inline(text: str) -> str:
+    """Mask HTML comments and inline code spans, keeping newlines so lines still line up.
+
+    Both can span lines (``<!--`` up to ``-->``, a code span up to the next blank line), and a line
+    that starts inside either is not a command. An unclosed ``<!--`` hides the rest of the text.
+    """
+    chars = list(text)
+    length = len(text)
+
+    def mask(start: int, stop: int, symbol: str) -> None:
+        for index in range(start, stop):
+            if chars[index] != "\n":
+                chars[index] = symbol
+
+    position = 0
+    while position < length:
+        if text.startswith("<!--", position):
+            end = text.find("-->", position + 4)
+            stop = length if end == -1 else end + 3
+            mask(position, stop, _COMMENT_MASK)
+            position = stop
+            continue
+        char = text[position]
+        if char == "\\":
+            position += 2
+            continue
+        if char == "`":
+            run_end = position
+            while run_end < length and text[run_end] == "`":
+                run_end += 1
+            run = run_end - position
+            paragraph = _BLANK_LINE.search(text, run_end)
+            limit = paragraph.start() if paragraph else length
+            closing = None
+            for candidate in _BACKTICKS.finditer(text, run_end, limit):
+                if len(candidate.group()) == run:
+                    closing = candidate
+                    break
+            if closing is not None:
+                mask(position, closing.end(), _CODE_MASK)
+                position = closing.end()
+            else:
+                position = run_end
+            continue
+        position += 1
+    return "".join(chars)
+
+
+def _split_args(text: str) -> tuple[str, ...]:
+    """Split arguments like a shell would (``"with space"`` is one); unbalanced quotes split on spaces."""
+    try:
+        parts = shlex.split(text, comments=False, posix=True)
+    except ValueError:
+        parts = text.split()
+    cleaned = []
+    for part in parts:
+        if len(part) >= 2 and part[0] == part[-1] == "`":
+            part = part.strip("`")
+        if part:
+            cleaned.append(part)
+    return tuple(cleaned)
+
+
+def parse(text: str, bot_login: str) -> list[Command]:
+    """Return the commands in a comment or issue body, in order.
+
+    A command is a line starting (after at most three spaces) with ``/name`` or ``@<bot_login> name``;
+    names are case-insensitive (returned lower-case, ``_`` read as ``-``). Lines in fenced or indented
+    code, inline code, block quotes and HTML comments are skipped. Unknown names are returned too:
+    ``decide`` ignores them unless they address the bot.
+    """
+    if not text:
+        return []
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    unfenced = _blank_fenced_lines(lines)
+    masked_lines = _mask_inline("\n".join(unfenced)).split("\n")
+    addressed_pattern = _bot_name_pattern(bot_login)
+    commands: list[Command] = []
+    for lineno, (original, masked) in enumerate(zip(unfenced, masked_lines), start=1):
+        expanded = masked.expandtabs(4)
+        indent = len(expanded) - len(expanded.lstrip(" "))
+        if indent >= 4 or not expanded.strip():
+            continue  # indented code block (or nothing)
+        offset = len(masked) - len(masked.lstrip(" "))
+        body = masked[offset:]
+        if body.startswith(">"):
+            continue  # block quote
+        match = _SLASH_COMMAND.match(body)
+        addressed = False
+        if match is None and addressed_pattern is not None:
+            match = addressed_pattern.match(body)
+            addressed = match is not None
+        if match is None:
+            continue
+        rest_start = offset + match.end()
+        rest = "".join(
+            original[index] for index in range(rest_start, len(original)) if masked[index] != _COMMENT_MASK
+        )
+        name = match.group(1).lower().replace("_", "-")
+        commands.append(Command(name, _split_args(rest), original.strip(), addressed, lineno))
+    return commands
+
+
+def _command_key(command: Command) -> tuple[str, tuple[str, ...]]:
+    return command.name, command.args
+
+
+def new_commands(old_text: str | None, new_text: str, bot_login: str) -> list[Command]:
+    """The commands of an edited comment that were not in its previous text (``changes.body.from``).
+
+    Commands compare by name and arguments, counted: a second ``/label bug`` added next to an old one
+    is new, while re-saving a comment re-runs nothing.
+    """
+    seen = Counter(_command_key(command) for command in parse(old_text or "", bot_login))
+    fresh: list[Command] = []
+    for command in parse(new_text, bot_login):
+        key = _command_key(command)
+        if seen[key] > 0:
+            seen[key] -= 1
+        else:
+            fresh.append(command)
+    return fresh
+
+
+# --------------------------------------------------------------------------------------------------
+# Deciding
+
+
+def effective_who(name: str, config: dict[str, Any]) -> str:
+    """Who may run ``name``: its default unless ``commands.permissions`` names a valid override."""
+    override = (config.get("permissions") or {}).get(name)
+    if isinstance(override, str) and override.lower() in (ANYONE, AUTHOR, WRITE):
+        return override.lower()
+    return COMMANDS[name].who
+
+
+def _may(who: str, *, is_write: bool, is_author: bool) -> bool:
+    if who == ANYONE:
+        return True
+    if who == AUTHOR:
+        return is_write or is_author
+    return is_write
+
+
+def _needs(who: str) -> str:
+    return "needs write access or authorship of this issue" if who == AUTHOR else "needs write access"
+
+
+def _feature_enabled(name: str, enabled_features: Collection[str]) -> bool:
+    """A feature command runs when its command name or its feature's name is enabled."""
+    return name in enabled_features or COMMANDS[name].feature in enabled_features
+
+
+def _is_enabled(name: str, config: dict[str, Any], enabled_features: Collection[str]) -> bool:
+    disabled = {str(item).lower() for item in config.get("disabled") or []}
+    if name in disabled:
+        return False
+    return name not in FEATURE_COMMANDS or _feature_enabled(name, enabled_features)
+
+
+def _quote(line: str, limit: int = 120) -> str:
+    """Inline code of a command line; code spans also keep ``@mentions`` in it from notifying."""
+    text = " ".join(line.split())
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    fence = "``" if "`" in text else "`"
+    pad = " " if fence == "``" else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _label_lookup(names: Iterable[str]) -> dict[str, str]:
+    """GitHub label names are case-insensitive; map the lower-case name to the repo's spelling."""
+    return {name.lower(): name for name in names}
+
+
+def _is_protected(label: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatchcase(label.lower(), str(pattern).lower()) for pattern in patterns)
+
+
+def _check_membership(check: Callable[[Any], bool] | Collection[Any] | None, value: Any) -> bool:
+    """Ask a callback or look in a collection; ``None`` means the caller did not check (allow)."""
+    if check is None:
+        return True
+    if callable(check):
+        return bool(check(value))
+    return value in check
+
+
+def help_text(config: dict[str, Any], enabled_features: Collection[str], bot_login: str = "") -> str:
+    """Markdown listing the commands this repository has enabled and who may use each."""
+    rows = []
+    open_labels = [str(label) for label in config.get("open_labels") or []]
+    for name, spec in COMMANDS.items():
+        if not _is_enabled(name, config, enabled_features):
+            continue
+        who = effective_who(name, config)
+        text = {ANYONE: "anyone", AUTHOR: "write access or the issue's author", WRITE: "write access"}[who]
+        if name in ("label", "unlabel") and open_labels and who != ANYONE:
+            text += "; anyone for " + ", ".join(f"`{label}`" for label in open_labels)
+        if name == "reopen" and who == WRITE:
+            text += ", or the author when the bot closed it"
+        if name in ("assign", "unassign") and who != ANYONE and config.get("self_assign", True):
+            text += f"; anyone may {name} themselves"
+        rows.append(f"| `{spec.usage}` | {spec.does} | {text} |")
+    mention = re.sub(r"\[bot\]$", "", bot_login, flags=re.IGNORECASE)
+    addressed = f" (or `@{mention} <command>`)" if mention else ""
+    header = (
+        f"Start a line with a command{addressed}; several lines run in order. "
+        "Commands in code blocks and quotes are ignored."
+    )
+    return "\n".join([header, "", "| command | does | who may use it |", "|---|---|---|", *rows])
+
+
+@dataclass
+class _IssueState:
+    """The issue as the plan so far leaves it, so later commands in one comment see earlier ones."""
+
+    number: int
+    author: str
+    open: bool
+    labels: dict[str, str]
+    assignees: set[str]
+
+
+def decide(
+    commands: list[Command],
+    *,
+    actor: str,
+    actor_permission: str,
+    issue: dict[str, Any],
+    repo_labels: Collection[str],
+    config: dict[str, Any],
+    enabled_features: Collection[str],
+    bot_closed: bool,
+    comment_id: int | None,
+    issue_exists: Callable[[int], bool] | Collection[int] | None = None,
+    can_be_assigned: Callable[[str], bool] | Collection[str] | None = None,
+    bot_login: str = "",
+) -> CommandOutcome:
+    """Decide what the commands of one comment (or issue body) do.
+
+    ``actor_permission`` is GitHub's collaborator permission (``admin``, ``maintain``, ``write``,
+    ``triage``, ``read`` or ``none``); ``config`` is the ``commands`` config section. Allowed commands
+    become actions in order, feature commands become ``calls``; refusals and ``/help`` share ONE reply
+    comment that quotes each refused command and says why; a 👍 reaction on the comment (on the issue
+    when ``comment_id`` is None) closes the plan when anything ran. ``issue_exists`` validates
+    ``/duplicate #N`` and ``can_be_assigned`` validates ``/assign`` targets (a set or a callback;
+    ``None`` skips that check).
+    """
+    outcome = CommandOutcome()
+    plan = outcome.plan
+    if not config.get("enabled", True):
+        plan.reason = "commands are disabled in this repository"
+        return outcome
+
+    number = int(issue["number"])
+    author = ((issue.get("user") or {}).get("login") or "")
+    is_write = actor_permission.lower() in WRITE_PERMISSIONS
+    is_author = bool(author) and actor.lower() == author.lower()
+    state = _IssueState(
+        number=number,
+        author=author,
+        open=issue.get("state", "open") == "open",
+        labels=_label_lookup(label["name"] for label in issue.get("labels") or []),
+        assignees={(user.get("login") or "").lower() for user in issue.get("assignees") or []},
+    )
+    repo_label_names = _label_lookup(repo_labels)
+    refusals: list[str] = []
+    want_help = False
+    ran = 0
+
+    def verdict(command: Command, allowed: bool, reason: str, reply: str | None = None) -> None:
+        nonlocal ran
+        outcome.verdicts.append(Verdict(command, allowed, reason))
+        if allowed:
+            ran += 1
+        if reply:
+            refusals.append(f"{_quote(command.line)} {reply}")
+
+    for index, command in enumerate(commands):
+        name = command.name
+        if name not in COMMANDS:
+            if command.addressed:
+                want_help = True
+                verdict(command, False, "unknown command addressed to the bot; answered with help")
+            continue  # another bot's command, or just text
+        if index >= MAX_COMMANDS_PER_COMMENT:
+            verdict(command, False, f"more than {MAX_COMMANDS_PER_COMMENT} commands in one comment",
+                    f"was not run: more than {MAX_COMMANDS_PER_COMMENT} commands in one comment")
+            continue
+        disabled = {str(item).lower() for item in config.get("disabled") or []}
+        if name in disabled:
+            # Another bot may own this command here, so only answer when we were named.
+            reply = "is not enabled here" if command.addressed else None
+            verdict(command, False, "disabled by commands.disabled", reply)
+            continue
+        if name in FEATURE_COMMANDS and not _feature_enabled(name, enabled_features):
+            verdict(command, False, f"feature {COMMANDS[name].feature!r} is not enabled", "is not enabled here")
+            continue
+        who = effective_who(name, config)
+        allowed_by_role = _may(who, is_write=is_write, is_author=is_author)
+
+        if name == "help":
+            want_help = True
+            verdict(command, True, "help requested")
+        elif name in ("label", "unlabel"):
+            _label_command(command, who, is_write, is_author, state, repo_label_names, config, plan, verdict)
+        elif name in ("assign", "unassign"):
+            _assign_command(command, actor, who, is_write, is_author, state, config, can_be_assigned, plan,
+                            verdict)
+        elif name == "reopen":
+            if not (allowed_by_role or (is_author and bot_closed)):
+                why = _needs(who)
+                if who == WRITE:
+                    why += " (the author may reopen an issue the bot closed)"
+                verdict(command, False, why, why)
+            elif state.open:
+                verdict(command, True, "already open")
+            else:
+                plan.add(Reopen(number))
+                state.open = True
+                verdict(command, True, "reopened")
+        elif not allowed_by_role:
+            verdict(command, False, _needs(who), _needs(who))
+        elif name == "close":
+            reason_arg = command.args[0].lower() if command.args else "not-planned"
+            state_reason = CLOSE_REASONS.get(reason_arg)
+            if state_reason is None:
+                why = "takes `completed` or `not-planned`"
+                verdict(command, False, f"unknown close reason {reason_arg!r}", why)
+            elif not state.open:
+                verdict(command, True, "already closed")
+            else:
+                plan.add(Close(number, state_reason))
+                state.open = False
+                verdict(command, True, f"closed as {state_reason}")
+        elif name == "duplicate":
+            _duplicate_command(command, state, repo_label_names, issue_exists, plan, verdict)
+        else:  # feature commands
+            outcome.calls.append(FeatureCall(name, command, command.args))
+            verdict(command, True, f"handed to {COMMANDS[name].feature}")
+
+    reply_parts = []
+    mention = f"@{actor}"
+    if refusals:
+        if len(refusals) == 1:
+            reply_parts.append(f"{mention} {refusals[0]}.")
+        else:
+            reply_parts.append(f"{mention} these commands were not run:\n\n" + "\n".join(
+                f"- {line}" for line in refusals))
+    if want_help:
+        if not refusals:
+            reply_parts.append(f"{mention} here is what I can do in this repository:")
+        reply_parts.append(help_text(config, enabled_features, bot_login))
+    if reply_parts:
+        plan.add(Comment(number, "\n\n".join(reply_parts)))
+    if ran:
+        plan.add(React(number, "+1", comment_id))
+    plan.reason = "commands: " + ", ".join(
+        f"{item.command.name}={'ok' if item.allowed else 'refused'}" for item in outcome.verdicts
+    )
+    plan.data["verdicts"] = [
+        {"command": item.command.line, "allowed": item.allowed, "reason": item.reason}
+        for item in outcome.verdicts
+    ]
+    return outcome
+
+
+def _label_command(command: Command, who: str, is_write: bool, is_author: bool, state: _IssueState,
+                   repo_labels: dict[str, str], config: dict[str, Any], plan: Plan,
+                   verdict: Callable[..., None]) -> None:
+    """``/label`` and ``/unlabel``: per-label checks; what is allowed runs, the rest is explained."""
+    if not command.args:
+        verdict(command, False, "no label given", "needs at least one label name")
+        return
+    adding = command.name == "label"
+    open_labels = {str(label).lower() for label in config.get("open_labels") or []}
+    protected = [str(pattern) for pattern in config.get("protected_labels") or []]
+    allowed_by_role = _may(who, is_write=is_write, is_author=is_author)
+    done: list[str] = []
+    problems: list[str] = []
+    for wanted in dict.fromkeys(command.args):
+        key = wanted.lower()
+        label = repo_labels.get(key)
+        if label is None:
+            problems.append(f"`{wanted}` does not exist in this repository")
+        elif _is_protected(label, protected) and not is_write:
+            problems.append(f"`{label}` is protected: needs write access")
+        elif not (allowed_by_role or key in open_labels):
+            problems.append(f"`{label}` {_needs(who)}")
+        elif adding:
+            if key not in state.labels:
+                state.labels[key] = label
+                done.append(label)
+        elif key in state.labels:
+            del state.labels[key]
+            plan.add(RemoveLabel(state.number, label))
+            done.append(label)
+    if adding and done:
+        plan.add(AddLabels(state.number, tuple(done)))
+    verb = "added" if adding else "removed"
+    summary = f"{verb} {', '.join(done) or 'nothing new'}"
+    if problems:
+        # Some labels may have been applied; the verdict says the command ran unless nothing could.
+        applied_any = bool(done) or len(problems) < len(dict.fromkeys(command.args))
+        verdict(command, applied_any, f"{summary}; " + "; ".join(problems), ": " + "; ".join(problems))
+    else:
+        verdict(command, True, summary)
+
+
+def _assign_command(command: Command, actor: str, who: str, is_write: bool, is_author: bool,
+                    state: _IssueState, config: dict[str, Any],
+                    can_be_assigned: Callable[[str], bool] | Collection[str] | None, plan: Plan,
+                    verdict: Callable[..., None]) -> None:
+    """``/assign`` and ``/unassign``: alone means the actor; self-assignment per ``self_assign``."""
+    assigning = command.name == "assign"
+    allowed_by_role = _may(who, is_write=is_write, is_author=is_author)
+    self_ok = bool(config.get("self_assign", True)) or not assigning  # removing yourself is always fine
+    targets = command.args or ("me",)
+    done: list[str] = []
+    problems: list[str] = []
+    for raw in dict.fromkeys(targets):
+        login = actor if raw.lower() in ("me", "@me") else raw.lstrip("@")
+        if not _LOGIN.match(login):
+            problems.append(f"`{raw}` is not a GitHub login")
+            continue
+        is_self = login.lower() == actor.lower()
+        if not (allowed_by_role or (is_self and self_ok)):
+            whom = "yourself" if is_self else "others"
+            problems.append(f"{'assigning' if assigning else 'unassigning'} {whom} needs write access")
+            continue
+        if assigning:
+            if login.lower() in state.assignees:
+                continue
+            if not _check_membership(can_be_assigned, login):
+                problems.append(f"`{login}` can't be assigned to issues here")
+                continue
+            state.assignees.add(login.lower())
+        else:
+            if login.lower() not in state.assignees:
+                continue
+            state.assignees.discard(login.lower())
+        done.append(login)
+    if done:
+        action = Assign if assigning else Unassign
+        plan.add(action(state.number, tuple(done)))
+    verb = "assigned" if assigning else "unassigned"
+    summary = f"{verb} {', '.join(done) or 'nobody new'}"
+    if problems:
+        applied_any = len(problems) < len(dict.fromkeys(targets))
+        verdict(command, applied_any, f"{summary}; " + "; ".join(problems), ": " + "; ".join(problems))
+    else:
+        verdict(command, True, summary)
+
+
+def _duplicate_command(command: Command, state: _IssueState, repo_labels: dict[str, str],
+                       issue_exists: Callable[[int], bool] | Collection[int] | None, plan: Plan,
+                       verdict: Callable[..., None]) -> None:
+    """``/duplicate #N``: link, label ``duplicate`` when the repo has it, close as duplicate."""
+    match = _ISSUE_REF.match(command.args[0]) if len(command.args) == 1 else None
+    if match is None:
+        verdict(command, False, "no issue number", "needs one issue number, like `/duplicate #123`")
+        return
+    original = int(match.group(1))
+    if original == state.number:
+        verdict(command, False, "points at itself", "can't mark an issue as a duplicate of itself")
+        return
+    if original <= 0 or not _check_membership(issue_exists, original):
+        verdict(command, False, f"#{original} does not exist", f": #{original} is not an issue in this repository")
+        return
+    # "Duplicate of #N" is the phrase GitHub itself recognises to link the two issues.
+    plan.add(Comment(state.number, f"Duplicate of #{original}"))
+    label = repo_labels.get("duplicate")
+    if label and "duplicate" not in state.labels:
+        state.labels["duplicate"] = label
+        plan.add(AddLabels(state.number, (label,)))
+    if state.open:
+        plan.add(Close(state.number, "duplicate"))
+        state.open = False
+    verdict(command, True, f"duplicate of #{original}")

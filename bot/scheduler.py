@@ -1,0 +1,44 @@
+"""Periodic work inside the server: the lifecycle sweep (hourly, jittered) and the weekly digest.
+
+Each job asks its feature whether anything is due for each installed repository, so a server that was
+down when a digest was due posts it once at start, and a crash mid-sweep resumes where it stopped.
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import random
+
+log = logging.getLogger(__name__)
+
+SWEEP_INTERVAL = 3600.0
+DIGEST_INTERVAL = 600.0
+
+
+def _installed(services) -> list[tuple[str, int]]:
+    return [(row["repo"], row["installation_id"])
+            for row in services.db.query("SELECT repo, installation_id FROM installations ORDER BY repo")]
+
+
+async def _every(services, interval: float, module: str, func: str, jitter: float) -> None:
+    await asyncio.sleep(random.uniform(1.0, 1.0 + jitter))
+    while True:
+        try:
+            feature = importlib.import_module(module)
+        except ModuleNotFoundError:
+            return
+        job = getattr(feature, func)
+        for repo, installation_id in _installed(services):
+            try:
+                await job(services, repo, installation_id)
+            except Exception:  # noqa: BLE001 - one repo's failure must not stop the others
+                log.exception("%s.%s failed for %s", module, func, repo, extra={"repo": repo})
+        await asyncio.sleep(interval + random.uniform(0, jitter))
+
+
+def start_schedulers(services) -> list[asyncio.Task]:
+    return [
+        asyncio.create_task(_every(services, SWEEP_INTERVAL, "bot.features.lifecycle", "scheduled_sweep", 300)),
+        asyncio.create_task(_every(services, DIGEST_INTERVAL, "bot.features.digest", "scheduled_digest", 30)),
+    ]
