@@ -55,6 +55,7 @@ async def standin(app_key):
     yield github
     await github.stop()
     assert github.violations == [], f"requests the GitHub OpenAPI description rejects: {github.violations}"
+    assert github.response_violations == [], f"stand-in answers off the spec: {github.response_violations}"
 
 
 @pytest.fixture

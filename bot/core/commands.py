@@ -278,6 +278,15 @@ def parse(text: str, bot_login: str) -> list[Command]:
     return commands
 
 
+def _same_login(first: str, second: str) -> bool:
+    """Logins compare case-insensitively, and an App may be named with or without ``[bot]``."""
+
+    def base(login: str) -> str:
+        return re.sub(r"\[bot\]$", "", login.strip().lstrip("@").lower())
+
+    return base(first) == base(second)
+
+
 def _command_key(command: Command) -> tuple[str, tuple[str, ...]]:
     return command.name, command.args
 
@@ -430,6 +439,9 @@ def decide(
         plan.reason = "commands are disabled in this repository"
         return outcome
 
+    if bot_login and _same_login(actor, bot_login):
+        plan.reason = "the bot's own text is never read as commands"
+        return outcome
     number = int(issue["number"])
     author = ((issue.get("user") or {}).get("login") or "")
     is_write = actor_permission.lower() in WRITE_PERMISSIONS
@@ -452,7 +464,8 @@ def decide(
         if allowed:
             ran += 1
         if reply:
-            refusals.append(f"{_quote(command.line)} {reply}")
+            separator = "" if reply.startswith(":") else " "
+            refusals.append(f"{_quote(command.line)}{separator}{reply}")
 
     for index, command in enumerate(commands):
         name = command.name
@@ -596,6 +609,7 @@ def _assign_command(command: Command, actor: str, who: str, is_write: bool, is_a
     targets = command.args or ("me",)
     done: list[str] = []
     problems: list[str] = []
+    refused_others: list[str] = []
     for raw in dict.fromkeys(targets):
         login = actor if raw.lower() in ("me", "@me") else raw.lstrip("@")
         if not _LOGIN.match(login):
@@ -603,8 +617,10 @@ def _assign_command(command: Command, actor: str, who: str, is_write: bool, is_a
             continue
         is_self = login.lower() == actor.lower()
         if not (allowed_by_role or (is_self and self_ok)):
-            whom = "yourself" if is_self else "others"
-            problems.append(f"{'assigning' if assigning else 'unassigning'} {whom} needs write access")
+            if is_self:
+                problems.append(f"{'assigning' if assigning else 'unassigning'} yourself needs write access")
+            else:
+                refused_others.append(login)
             continue
         if assigning:
             if login.lower() in state.assignees:
@@ -618,6 +634,9 @@ def _assign_command(command: Command, actor: str, who: str, is_write: bool, is_a
                 continue
             state.assignees.discard(login.lower())
         done.append(login)
+    if refused_others:
+        whom = ", ".join(f"`{login}`" for login in refused_others)
+        problems.append(f"{'assigning' if assigning else 'unassigning'} others ({whom}) needs write access")
     if done:
         action = Assign if assigning else Unassign
         plan.add(action(state.number, tuple(done)))

@@ -6,9 +6,14 @@ on the event loop. ``FakeModel`` returns queued answers and records what it was 
 """
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
+import re
 import threading
 from collections import deque
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Protocol, runtime_checkable
 
 KINDS: tuple[str, ...] = ("bug", "feature", "question", "docs", "other")
@@ -141,3 +146,95 @@ class FakeModel:
         answer.tier = answer.tier or self.tier
         answer.model = answer.model or self.model_id
         return answer
+
+
+# ---------------------------------------------------------------------------------------------------
+# The triage prompt and its output schema, shared by the local and the remote tier.
+
+PROMPTS_DIR = Path(__file__).resolve().parents[2] / "prompts"
+MISSING_ITEMS: tuple[str, ...] = (
+    "version", "steps to reproduce", "expected vs actual behaviour", "logs or error output", "use case",
+)
+MAX_ISSUE_CHARS = 2000  # what of an issue's text a model sees; enough for the kind, bounded for n_ctx
+
+
+def triage_schema(kinds: Iterable[str] = KINDS) -> dict[str, Any]:
+    """The JSON schema every model answer must satisfy (also the llama.cpp grammar)."""
+    return {
+        "type": "object",
+        "properties": {
+            "kind": {"type": "string", "enum": list(kinds)},
+            "summary": {"type": "string", "maxLength": 300},
+            "missing": {"type": "array", "items": {"type": "string", "enum": list(MISSING_ITEMS)},
+                        "maxItems": len(MISSING_ITEMS)},
+        },
+        "required": ["kind", "summary", "missing"],
+        "additionalProperties": False,
+    }
+
+
+class InvalidOutput(ValueError):
+    """A model's answer is not a JSON object matching ``triage_schema``."""
+
+
+def validate_output(text: str | dict[str, Any]) -> dict[str, Any]:
+    """Parse and check a model answer; return ``{"kind", "summary", "missing"}`` or raise InvalidOutput."""
+    if isinstance(text, dict):
+        data = text
+    else:
+        try:
+            data = json.loads(text)
+        except (TypeError, ValueError) as exc:
+            raise InvalidOutput(f"not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidOutput("not a JSON object")
+    kind = data.get("kind")
+    if kind not in KINDS:
+        raise InvalidOutput(f"kind {kind!r} is not one of {', '.join(KINDS)}")
+    summary = data.get("summary", "")
+    if not isinstance(summary, str):
+        raise InvalidOutput("summary is not a string")
+    missing = data.get("missing", [])
+    if not isinstance(missing, list) or not all(isinstance(m, str) for m in missing):
+        raise InvalidOutput("missing is not a list of strings")
+    return {
+        "kind": kind,
+        "summary": " ".join(summary.split())[:300],
+        "missing": [m for m in dict.fromkeys(missing) if m in MISSING_ITEMS],
+    }
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """One template from ``prompts/``: its name and sha256 are logged with every call that used it."""
+
+    name: str
+    sha256: str
+    system: str
+    user: str
+
+    def messages(self, issue: IssueText, max_chars: int = MAX_ISSUE_CHARS) -> list[dict[str, str]]:
+        """Chat messages with the issue inside the delimited data block."""
+        title = _strip_delimiters(issue.title)[:300]
+        body = _strip_delimiters(issue.body)[:max_chars]
+        user = self.user.replace("{title}", title).replace("{body}", body)
+        return [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
+
+
+_DELIMITER = re.compile(r"</?\s*(issue|title|body)\s*>", re.IGNORECASE)
+
+
+def _strip_delimiters(text: str) -> str:
+    """Remove our own delimiter tags from untrusted text so it cannot close the data block early."""
+    return _DELIMITER.sub(" ", text or "")
+
+
+@functools.lru_cache(maxsize=16)
+def load_prompt(name: str = "triage", directory: str | None = None) -> PromptTemplate:
+    """Read ``prompts/<name>.md`` (leading HTML comment dropped; split at ``=== user ===``)."""
+    path = Path(directory or PROMPTS_DIR) / f"{name}.md"
+    raw = path.read_text(encoding="utf-8")
+    digest = hashlib.sha256(raw.encode("utf-8")).hexdigest()
+    text = re.sub(r"\A\s*<!--.*?-->\s*", "", raw, flags=re.S)
+    system, _, user = text.partition("=== user ===")
+    return PromptTemplate(name=name, sha256=digest, system=system.strip(), user=user.strip())
