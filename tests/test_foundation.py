@@ -336,3 +336,45 @@ def test_serve_refuses_to_start_without_variables(tmp_path):
     env.update({"GITHUB_APP_ID": "1", "GITHUB_PRIVATE_KEY": "not a key", "GITHUB_WEBHOOK_SECRET": "x"})
     out = subprocess.run([sys.executable, "-m", "bot", "serve"], env=env, capture_output=True, text=True)
     assert out.returncode == 2 and "does not parse" in out.stderr
+
+
+def test_app_manifest_subscribes_to_exactly_the_routed_events():
+    import yaml
+    from pathlib import Path
+
+    from bot.features import routed_events
+
+    manifest = yaml.safe_load((Path(__file__).parent.parent / "app.yml").read_text())
+    always_delivered = {"installation", "installation_repositories"}  # Apps get these without subscribing
+    assert set(manifest["default_events"]) == routed_events() - always_delivered
+    assert manifest["default_permissions"]["issues"] == "write"
+    for key in ("name", "url", "hook_attributes", "redirect_url", "public", "default_events",
+                "default_permissions", "description"):
+        assert key in manifest
+    assert (Path(__file__).parent.parent / "Procfile").read_text().strip() == "web: python -m bot serve"
+
+
+def test_queue_and_audit_cli(tmp_path):
+    import subprocess
+    import sys
+
+    from bot.db import open_db
+    from bot.queue import enqueue
+
+    path = str(tmp_path / "cli.db")
+    db = open_db(path)
+    enqueue(db, "abc-123", "issues", {"action": "opened", "repository": {"full_name": REPO}, "issue": {"number": 7}})
+    db.execute("UPDATE deliveries SET status = 'failed', error = 'RuntimeError: boom'")
+    db["audit"].insert({"ts": time.time(), "delivery_id": "abc-123", "repo": REPO, "issue": 7,
+                        "action": "Comment", "details": "{}", "result": "dry-run"})
+    env = {"PATH": "/usr/bin:/bin", "DATABASE_PATH": path}
+    run = lambda *args: subprocess.run([sys.executable, "-m", "bot", *args], env=env, capture_output=True, text=True)
+    out = run("queue")
+    assert out.returncode == 0 and "abc-123" in out.stdout and "failed" in out.stdout and "boom" in out.stdout
+    assert run("queue", "retry", "abc-123").returncode == 0
+    assert db.execute("SELECT status FROM deliveries").fetchone()[0] == "pending"
+    assert run("queue", "retry", "nope").returncode == 1
+    out = run("audit", "--repo", REPO)
+    assert out.returncode == 0 and "Comment" in out.stdout and "dry-run" in out.stdout
+    assert "Comment" not in run("audit", "--repo", "other/repo").stdout
+    assert "Comment" not in run("audit", "--since", "2999-01-01").stdout
