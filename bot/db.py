@@ -74,6 +74,16 @@ def _core_schema(db: sqlite_utils.Database) -> None:
         )"""
     )
     db.execute(
+        """CREATE TABLE IF NOT EXISTS issue_flags (
+            repo TEXT NOT NULL,
+            issue INTEGER NOT NULL,
+            flag TEXT NOT NULL,
+            set_by TEXT,
+            set_at REAL NOT NULL,
+            PRIMARY KEY (repo, issue, flag)
+        )"""
+    )
+    db.execute(
         """CREATE TABLE IF NOT EXISTS kv (
             key TEXT PRIMARY KEY,
             value TEXT
@@ -112,6 +122,20 @@ def open_db(path: str) -> sqlite_utils.Database:
         if ensure is not None:
             ensure(db)
     return db
+
+
+def has_flag(db: sqlite_utils.Database, repo: str, issue: int, flag: str) -> bool:
+    """Per-issue switches set by commands: ``frozen`` (no lifecycle closing), ``no-ai`` (no model text)."""
+    return db.execute("SELECT 1 FROM issue_flags WHERE repo = ? AND issue = ? AND flag = ?",
+                      [repo, issue, flag]).fetchone() is not None
+
+
+def set_flag(db: sqlite_utils.Database, repo: str, issue: int, flag: str, on: bool, by: str = "") -> None:
+    if on:
+        db.execute("INSERT OR REPLACE INTO issue_flags(repo, issue, flag, set_by, set_at) VALUES (?, ?, ?, ?, ?)",
+                   [repo, issue, flag, by, time.time()])
+    else:
+        db.execute("DELETE FROM issue_flags WHERE repo = ? AND issue = ? AND flag = ?", [repo, issue, flag])
 
 
 def kv_get(db: sqlite_utils.Database, key: str, default: Any = None) -> Any:
