@@ -62,6 +62,10 @@ class Services:
         self.routers = load_routers()
         self.session: aiohttp.ClientSession | None = None
         self.github: GitHubFactory | None = None
+        if models is not None:
+            from bot.models.factory import wrap
+
+            models = wrap(models, self.db)
         self._models = models
         self.config_cache: cachetools.TTLCache = cachetools.TTLCache(maxsize=1000, ttl=300)
         self.config_warnings: dict[str, list[str]] = {}
@@ -87,10 +91,8 @@ class Services:
     def models(self) -> Any:
         """The model cascade, loaded on first use (the GGUF loads in well under a second)."""
         if self._models is None:
-            try:
-                from bot.models.cascade import build_cascade
-            except ImportError:
-                return None
+            from bot.models.factory import build_cascade
+
             self._models = build_cascade(self.settings, self.db, metrics=self.metrics)
         return self._models
 

@@ -1,0 +1,162 @@
+"""The first response: classify a new issue with the local tiers (the big model only when they are
+unsure), find possible duplicates and an earlier answer, and post one comment plus allowlisted labels.
+
+The decision itself is ``bot.core.triage.decide`` (pure); this module gathers its inputs, runs the
+model off the event loop, and applies the plan. A model can only ever lead to labels from the
+allowlist and the one marked comment: closing, assigning or pinging anyone takes a person.
+"""
+from __future__ import annotations
+
+import asyncio
+import difflib
+import importlib
+import logging
+import time
+from typing import Any
+
+from gidgethub.routing import Router
+
+from bot.actions import apply, repo_labels
+from bot.core.plan import AddLabels, Comment, CreateLabel, marker
+from bot.core.sanitize import sanitize
+from bot.core.triage import decide
+from bot.db import has_flag, kv_get, kv_set
+from bot.models.base import IssueText, Prediction
+
+log = logging.getLogger(__name__)
+router = Router()
+
+SUBSTANTIAL_EDIT = 0.8  # re-triage when the text is less than this similar to what was triaged
+SUMMARY_MARKER = marker("summary")
+
+
+def _optional(module: str, name: str):
+    try:
+        return getattr(importlib.import_module(module), name, None)
+    except ModuleNotFoundError:
+        return None
+
+
+async def _duplicates(ctx, issue: dict) -> list[Any]:
+    config = ctx.config.section("duplicates")
+    find = _optional("bot.index.duplicates", "find_duplicates")
+    if not config.get("enabled", True) or find is None:
+        return []
+    try:
+        return await asyncio.to_thread(find, ctx.db, ctx.repo, issue, config)
+    except Exception:  # noqa: BLE001 - duplicates are a nicety; triage goes on without them
+        log.exception("duplicate search failed", extra={"repo": ctx.repo, "delivery": ctx.delivery_id})
+        return []
+
+
+async def _cached_answer(ctx, issue: dict) -> Any:
+    config = ctx.config.section("answers")
+    lookup = _optional("bot.index.answers", "lookup_answer")
+    if not config.get("enabled", True) or lookup is None:
+        return None
+    try:
+        return await asyncio.to_thread(lookup, ctx.db, ctx.repo, issue)
+    except Exception:  # noqa: BLE001
+        log.exception("answer cache lookup failed", extra={"repo": ctx.repo, "delivery": ctx.delivery_id})
+        return None
+
+
+async def predict(ctx, issue: dict) -> Prediction | None:
+    """The cascade's decision, computed in a worker thread (inference never blocks intake)."""
+    if ctx.models is None:
+        return None
+    text = IssueText.from_dict(issue, ctx.repo)
+    started = time.perf_counter()
+    prediction = await asyncio.to_thread(
+        ctx.models.predict, text, repo=ctx.repo, installation_id=ctx.installation_id,
+        delivery_id=ctx.delivery_id, triage_config=ctx.config.section("triage"),
+        fallback_config=ctx.config.section("fallback"))
+    metrics = getattr(ctx.services, "metrics", None)
+    if metrics is not None:
+        metrics.model_calls.labels(prediction.tier or "local").inc()
+        metrics.model_latency.labels(prediction.tier or "local").observe(time.perf_counter() - started)
+        if prediction.escalated:
+            metrics.escalations.labels("low-confidence" if prediction.valid else "invalid").inc()
+    return prediction
+
+
+async def run_triage(ctx, issue: dict | int, *, actor: str | None = None, rerun: bool = False) -> dict[str, Any]:
+    """Triage one issue and apply the plan; returns the plan's data (kind, labels, confidence, ...)."""
+    config = ctx.config.section("triage")
+    if not config.get("enabled", True):
+        return {"skipped": "triage disabled"}
+    if isinstance(issue, int):
+        issue = await ctx.gh.getitem(ctx.url(f"/issues/{issue}"))
+    number = issue["number"]
+    labels = await repo_labels(ctx)
+    duplicates = await _duplicates(ctx, issue)
+    cached = await _cached_answer(ctx, issue)
+    if cached is not None:
+        # A near-identical question was answered before: reuse it, no model call at all.
+        prediction = Prediction(kind="question", confidence=1.0, tier="answer-cache", model="answer-cache",
+                                summary="", valid=True)
+    else:
+        prediction = await predict(ctx, issue)
+    no_ai = has_flag(ctx.db, ctx.repo, number, "no-ai")
+    plan = decide(issue, config, labels, prediction, duplicates, cached, repo=ctx.repo, no_ai=no_ai)
+    needs_info = ctx.config.section("lifecycle")["needs_info"]
+    asked = any(isinstance(action, Comment) for action in plan.actions)
+    if plan.data.get("needs_info") and asked and needs_info.get("enabled", True):
+        plan.actions.insert(0, CreateLabel(needs_info["label"], "d4c5f9", "Waiting for information from the author"))
+        plan.actions.insert(1, AddLabels(number, (needs_info["label"],)))
+    await apply(plan, ctx)
+    kv_set(ctx.db, f"triaged:{ctx.repo}#{number}", {"text": _text(issue), "at": time.time()})
+    log.info("triaged #%s: %s", number, plan.reason, extra={"repo": ctx.repo, "delivery": ctx.delivery_id})
+    return plan.data
+
+
+def _text(issue: dict) -> str:
+    return f"{issue.get('title') or ''}\n{issue.get('body') or ''}"
+
+
+@router.register("issues", action="opened")
+async def on_issue_opened(event, gh, ctx):
+    await run_triage(ctx, event.data["issue"])
+
+
+@router.register("issues", action="edited")
+async def on_issue_edited(event, gh, ctx):
+    """A substantial edit re-runs triage, which edits the earlier comment rather than adding one."""
+    issue = event.data["issue"]
+    if issue.get("state") != "open":
+        return
+    before = kv_get(ctx.db, f"triaged:{ctx.repo}#{issue['number']}")
+    if before is None:
+        return
+    similarity = difflib.SequenceMatcher(None, before["text"], _text(issue)).ratio()
+    if similarity < SUBSTANTIAL_EDIT:
+        await run_triage(ctx, issue, rerun=True)
+
+
+async def summarize(ctx, issue_number: int) -> str:
+    """One summary of the whole thread (every page of comments), posted or refreshed in place."""
+    issue = await ctx.gh.getitem(ctx.url(f"/issues/{issue_number}"))
+    parts = [issue.get("body") or ""]
+    async for comment in ctx.gh.getiter(ctx.url(f"/issues/{issue_number}/comments") + "?per_page=100"):
+        if (comment.get("user") or {}).get("type") == "Bot":
+            continue
+        parts.append(f"{comment['user']['login']}: {comment.get('body') or ''}")
+    thread = {"number": issue_number, "title": issue.get("title") or "", "body": "\n\n".join(parts),
+              "user": issue.get("user") or {}}
+    prediction = await predict(ctx, thread)
+    summary = (prediction.summary if prediction is not None else "").strip()
+    if not summary:
+        text = "I could not summarise this thread with confidence, so I won't guess."
+    else:
+        text = f"**Summary of this thread so far** ({len(parts) - 1} comments): {summary}\n\n" \
+               f"_Automated summary by the local model; it can be wrong._"
+    author = (issue.get("user") or {}).get("login", "")
+    body = sanitize(text, author=author, repo=ctx.repo)
+    await apply_plan_comment(ctx, issue_number, body, SUMMARY_MARKER)
+    return summary
+
+
+async def apply_plan_comment(ctx, issue_number: int, body: str, comment_marker: str) -> None:
+    from bot.core.plan import Plan
+
+    await apply(Plan([Comment(issue_number, body, marker=comment_marker)]), ctx)

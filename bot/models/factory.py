@@ -1,0 +1,54 @@
+"""Builds the model cascade the server uses, from settings: the bundled (or configured) GGUF, each
+repository's learned classifier from the database, and the fallback when an API key is set."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import cachetools
+
+from bot.models.base import Model
+from bot.models.cascade import Cascade
+from bot.models.classifier import load_classifier
+
+log = logging.getLogger(__name__)
+
+
+def classifier_loader(db: Any):
+    """repo -> stored classifier, cached a minute so a retrain is picked up without a restart."""
+    cache: cachetools.TTLCache = cachetools.TTLCache(maxsize=256, ttl=60)
+
+    def load(repo: str):
+        if repo not in cache:
+            try:
+                cache[repo] = load_classifier(db, repo)
+            except Exception:  # noqa: BLE001 - a stale pickle must not stop triage; the LLM still runs
+                log.exception("could not load the classifier of %s", repo)
+                cache[repo] = None
+        return cache[repo]
+
+    load.cache = cache  # type: ignore[attr-defined]
+    return load
+
+
+def build_cascade(settings: Any, db: Any, *, metrics: Any = None, local: Model | None = None) -> Cascade:
+    """The cascade for the server: local GGUF + per-repo classifiers, fallback if configured."""
+    from bot.models.remote import RemoteModel
+
+    if local is None:
+        from bot.models.local import LocalModel
+
+        local = LocalModel(settings.local_model_path)
+    remote = RemoteModel.from_settings(settings)
+    if remote is None:
+        log.info("no OPENAI_API_KEY: no fallback; the bot acts only on what the local tier is sure of")
+    return Cascade(local=local, remote=remote, classifiers=classifier_loader(db), db=db)
+
+
+def wrap(model: Any, db: Any) -> Cascade:
+    """Put a bare model (e.g. the tests' FakeModel) behind the cascade, so logging and thresholds apply."""
+    if isinstance(model, Cascade):
+        if model.db is None:
+            model.db = db
+        return model
+    return Cascade(local=model, remote=None, classifiers=classifier_loader(db), db=db)
