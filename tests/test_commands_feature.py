@@ -7,6 +7,8 @@ mean the same before and after those features land.
 """
 from __future__ import annotations
 
+import re
+
 import json
 import sys
 import time
@@ -50,7 +52,9 @@ async def edit(bot, standin, comment: dict, new_body: str, *, user: str = "alice
 
 
 def replies(standin, number: int) -> list[str]:
-    return [c["body"] for c in standin.comments(REPO, number) if c["user"]["login"] == BOT]
+    """The bot's replies, without the hidden marker that lets a retry edit instead of re-post."""
+    return [re.sub(r"\s*<!-- first-responder:[^>]*-->\s*$", "", c["body"])
+            for c in standin.comments(REPO, number) if c["user"]["login"] == BOT]
 
 
 def label_names(standin, number: int) -> set[str]:

@@ -18,7 +18,7 @@ from bot.core.commands import (
     new_commands,
     parse,
 )
-from bot.core.plan import AddLabels, Assign, Close, Comment, React, RemoveLabel, Reopen, Unassign
+from bot.core.plan import AddLabels, Assign, Close, Comment, React, RemoveLabel, Reopen, Unassign, marker
 
 BOT = "first-responder[bot]"
 ALL_FEATURES = {"triage", "summarize", "lifecycle", "no-ai", "digest"}
@@ -294,7 +294,7 @@ def test_reopen_by_author_only_when_bot_closed():
 def test_duplicate_comments_labels_and_closes_as_duplicate():
     outcome = run("/duplicate #7", issue_exists={7, 42})
     assert outcome.plan.actions == [
-        Comment(42, "Duplicate of #7"),
+        Comment(42, "Duplicate of #7", marker=marker("duplicate", 7)),
         AddLabels(42, ("duplicate",)),
         Close(42, "duplicate"),
         React(42, "+1", 1000),

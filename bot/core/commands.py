@@ -23,6 +23,7 @@ from fnmatch import fnmatchcase
 from typing import Any, NamedTuple
 
 from bot.core.plan import (
+    marker,
     AddLabels,
     Assign,
     Close,
@@ -543,7 +544,9 @@ def decide(
             reply_parts.append(f"{mention} here is what I can do in this repository:")
         reply_parts.append(help_text(config, enabled_features, bot_login))
     if reply_parts:
-        plan.add(Comment(number, "\n\n".join(reply_parts)))
+        # Keyed by the comment that held the commands, so a retried delivery edits rather than re-posts.
+        reply_key = comment_id if comment_id is not None else f"issue-{number}"
+        plan.add(Comment(number, "\n\n".join(reply_parts), marker=marker("reply", reply_key)))
     if ran:
         plan.add(React(number, "+1", comment_id))
     plan.reason = "commands: " + ", ".join(
@@ -665,7 +668,7 @@ def _duplicate_command(command: Command, state: _IssueState, repo_labels: dict[s
         verdict(command, False, f"#{original} does not exist", f": #{original} is not an issue in this repository")
         return
     # "Duplicate of #N" is the phrase GitHub itself recognises to link the two issues.
-    plan.add(Comment(state.number, f"Duplicate of #{original}"))
+    plan.add(Comment(state.number, f"Duplicate of #{original}", marker=marker("duplicate", original)))
     label = repo_labels.get("duplicate")
     if label and "duplicate" not in state.labels:
         state.labels["duplicate"] = label

@@ -41,7 +41,7 @@ from bot.core.commands import (
     new_commands,
     parse,
 )
-from bot.core.plan import Comment, Plan, React
+from bot.core.plan import Comment, Plan, React, marker
 
 log = logging.getLogger(__name__)
 router = Router()
@@ -336,7 +336,7 @@ async def run_commands(ctx: Context, issue: dict[str, Any], commands: list[Comma
         results[id(call.command)] = await _run_call(ctx, call, number, actor)
     late = [(call.command, results[id(call.command)]) for call in outcome.calls if results[id(call.command)].reply]
     if late:
-        _add_refusals(outcome.plan, number, actor,
+        _add_refusals(outcome.plan, number, actor, comment_id,
                       [_refusal_line(command, result.reply or "") for command, result in late],
                       help_text(config, features, login))
         ran = sum(1 for verdict in outcome.verdicts
@@ -397,11 +397,14 @@ def _refusal_line(command: Command, reply: str) -> str:
     return f"{_quote(command.line)}{separator}{reply}"
 
 
-def _add_refusals(plan: Plan, number: int, actor: str, lines: list[str], help_block: str) -> None:
+def _add_refusals(plan: Plan, number: int, actor: str, comment_id: int | None, lines: list[str],
+                  help_block: str) -> None:
     """Fold refusals found while running feature calls into the core's ONE reply, in its format."""
     mention = f"@{actor}"
+    reply_marker = marker("reply", comment_id if comment_id is not None else f"issue-{number}")
     index = next((i for i, action in enumerate(plan.actions)
-                  if isinstance(action, Comment) and action.marker is None and action.body.startswith(mention + " ")),
+                  if isinstance(action, Comment) and action.marker == reply_marker
+                  and action.body.startswith(mention + " ")),
                  None)
     refusals: list[str] = []
     with_help = False
@@ -423,7 +426,7 @@ def _add_refusals(plan: Plan, number: int, actor: str, lines: list[str], help_bl
         text = f"{mention} these commands were not run:\n\n" + "\n".join(f"- {line}" for line in refusals)
     if with_help:
         text += "\n\n" + help_block
-    reply = Comment(number, text)
+    reply = Comment(number, text, marker=reply_marker)
     if index is not None:
         plan.actions[index] = reply
         return
