@@ -866,6 +866,11 @@ class GitHubStandIn:
 
     @staticmethod
     def _sorted(items: list[dict], sort: str, direction: str) -> list[dict]:
+        if sort == "reactions" or sort.startswith("reactions-"):
+            # Search's sort=reactions orders by all reactions; reactions-+1 etc. by one kind.
+            content = {"smile": "laugh", "thinking_face": "confused", "tada": "hooray"}.get(sort[10:], sort[10:])
+            return sorted(items, key=lambda i: (i["reactions"][content or "total_count"], i["number"]),
+                          reverse=direction != "asc")
         key = {"created": "created_at", "updated": "updated_at", "comments": "comments"}.get(sort, "created_at")
         return sorted(items, key=lambda i: (i[key], i["number"]), reverse=direction != "asc")
 

@@ -306,6 +306,8 @@ def next_needs_info_step(issue: dict[str, Any], timeline: list[dict[str, Any]], 
     state = _needs_info_state(issue, timeline, comments, config, bot_login)
     if state is None or state.closed_by_bot is not None:
         return None
+    if _author_replied_since(comments, _author(issue), state.labeled_at, bot_login) is not None:
+        return None  # the author answered: the sweep takes the label off, nobody waits on them
     settings = config.get("needs_info") or {}
     if state.ping_at is None:
         return "ping", state.labeled_at + timedelta(days=settings.get("ping_after_days", 7))

@@ -90,7 +90,10 @@ async def embed_missing(db, repo: str) -> int:
         from bot.index import embed
     except ImportError:
         return 0
-    return await asyncio.to_thread(embed.embed_missing, db, repo)
+    embed_missing_fn = getattr(embed, "embed_missing", None)
+    if embed_missing_fn is None:
+        return 0
+    return await asyncio.to_thread(embed_missing_fn, db, repo)
 
 
 def _bar(done: int, total: int | None, rate: float) -> None:
