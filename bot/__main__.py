@@ -52,9 +52,12 @@ def serve_main(argv: list[str]) -> int:
         print(f"first-responder: cannot start: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level)
-    services = Services(settings)
+    from bot.db import open_db
+
+    services = Services(settings, db=open_db(settings.database_path, background_checkpoints=True))
     logging.getLogger("bot").info("serving on %s:%s (dry run: %s)", settings.host, settings.port, settings.dry_run)
-    web.run_app(create_app(services), host=settings.host, port=settings.port, print=None)
+    access_log = logging.getLogger("aiohttp.access") if settings.log_level == "DEBUG" else None
+    web.run_app(create_app(services), host=settings.host, port=settings.port, print=None, access_log=access_log)
     return 0
 
 

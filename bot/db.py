@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import json
 import sqlite3
+import threading
 import time
 from typing import Any, Callable
 
@@ -23,7 +24,6 @@ def _core_schema(db: sqlite_utils.Database) -> None:
             repo TEXT,
             issue INTEGER,
             installation_id INTEGER,
-            payload TEXT NOT NULL,
             status TEXT NOT NULL DEFAULT 'pending',
             attempts INTEGER NOT NULL DEFAULT 0,
             next_attempt_at REAL NOT NULL DEFAULT 0,
@@ -33,6 +33,9 @@ def _core_schema(db: sqlite_utils.Database) -> None:
         )"""
     )
     db.execute("CREATE INDEX IF NOT EXISTS deliveries_status ON deliveries(status, next_attempt_at)")
+    db.execute("CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries(status, received_at)")
+    # The payload lives apart so the worker's status updates never rewrite (or scan) 10+ KB rows.
+    db.execute("CREATE TABLE IF NOT EXISTS delivery_payloads (id TEXT PRIMARY KEY, payload TEXT NOT NULL)")
     db.execute(
         """CREATE TABLE IF NOT EXISTS audit (
             id INTEGER PRIMARY KEY,
@@ -101,12 +104,19 @@ SCHEMA_MODULES = [
 SCHEMAS: list[Callable[[sqlite_utils.Database], None]] = [_core_schema]
 
 
-def open_db(path: str) -> sqlite_utils.Database:
-    """Open (creating if needed) the database with WAL and every schema ensured."""
+def open_db(path: str, *, background_checkpoints: bool = False) -> sqlite_utils.Database:
+    """Open (creating if needed) the database with WAL and every schema ensured.
+
+    With ``background_checkpoints`` (the server), WAL checkpoints run in a thread with its own
+    connection instead of inside whichever write on the event loop happens to cross the threshold.
+    """
     conn = sqlite3.connect(path, check_same_thread=False, timeout=30, isolation_level=None)
     db = sqlite_utils.Database(conn)
     if path != ":memory:":
         db.execute("PRAGMA journal_mode=WAL")
+        if background_checkpoints:
+            db.execute("PRAGMA wal_autocheckpoint=0")
+            Checkpointer(path).start()
     db.execute("PRAGMA synchronous=NORMAL")
     db.execute("PRAGMA busy_timeout=30000")
     for schema in SCHEMAS:
@@ -122,6 +132,24 @@ def open_db(path: str) -> sqlite_utils.Database:
         if ensure is not None:
             ensure(db)
     return db
+
+
+class Checkpointer(threading.Thread):
+    """Folds the WAL back into the database file once a second, off the event loop."""
+
+    def __init__(self, path: str, interval: float = 1.0) -> None:
+        super().__init__(name="sqlite-checkpoint", daemon=True)
+        self.path = path
+        self.interval = interval
+
+    def run(self) -> None:
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        while True:
+            time.sleep(self.interval)
+            try:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error:
+                pass
 
 
 def has_flag(db: sqlite_utils.Database, repo: str, issue: int, flag: str) -> bool:

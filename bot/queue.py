@@ -32,13 +32,18 @@ def enqueue(db: sqlite_utils.Database, delivery_id: str, event: str, payload: di
             raw: bytes | None = None) -> bool:
     """Store a delivery; False if this delivery id was seen before (GitHub redelivery)."""
     repo, issue, installation = _locate(payload)
-    cursor = db.execute(
-        "INSERT OR IGNORE INTO deliveries (id, event, action, repo, issue, installation_id, payload, status,"
-        " attempts, next_attempt_at, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, 0, ?)",
-        [delivery_id, event, payload.get("action"), repo, issue, installation,
-         raw.decode("utf-8") if raw is not None else json.dumps(payload), time.time()],
-    )
-    return cursor.rowcount == 1
+    text = raw.decode("utf-8") if raw is not None else json.dumps(payload)
+    with db.conn:  # one transaction: the delivery and its payload land together or not at all
+        db.execute("BEGIN")
+        cursor = db.execute(
+            "INSERT OR IGNORE INTO deliveries (id, event, action, repo, issue, installation_id, status,"
+            " attempts, next_attempt_at, received_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, 0, ?)",
+            [delivery_id, event, payload.get("action"), repo, issue, installation, time.time()],
+        )
+        new = cursor.rowcount == 1
+        if new:
+            db.execute("INSERT OR REPLACE INTO delivery_payloads (id, payload) VALUES (?, ?)", [delivery_id, text])
+    return new
 
 
 def depth(db: sqlite_utils.Database) -> tuple[int, float | None]:
@@ -92,7 +97,7 @@ class Worker:
         """Pending deliveries that may start now: the oldest per ordering key, if it is due."""
         rows = self.db.query(
             "SELECT id, event, repo, issue, installation_id, next_attempt_at FROM deliveries"
-            " WHERE status = 'pending' ORDER BY received_at, rowid LIMIT 500")
+            " WHERE status = 'pending' ORDER BY received_at LIMIT 200")
         now = time.time()
         seen: set[str] = set()
         ready = []
@@ -118,8 +123,6 @@ class Worker:
                 task = asyncio.create_task(self._process(row["id"]))
                 self._running[key] = task
                 task.add_done_callback(lambda _t, key=key: self._finished(key))
-            if self.metrics is not None:
-                self.metrics.queue_depth.set(depth(self.db)[0])
             try:
                 await asyncio.wait_for(self.wake.wait(), timeout=self._next_due())
             except asyncio.TimeoutError:
@@ -136,7 +139,9 @@ class Worker:
         return min(5.0, max(0.05, row[0] - time.time()))
 
     async def _process(self, delivery_id: str) -> None:
-        row = next(self.db.query("SELECT * FROM deliveries WHERE id = ?", [delivery_id]))
+        row = next(self.db.query(
+            "SELECT d.*, p.payload FROM deliveries d JOIN delivery_payloads p ON p.id = d.id WHERE d.id = ?",
+            [delivery_id]))
         started = time.monotonic()
         try:
             await self.handler(row)

@@ -41,7 +41,13 @@ def opened(standin, title="Crash on start", user="alice"):
 
 
 def comment_writes(standin):
-    return [r for r in standin.writes() if r["method"] == "POST" and r["path"].endswith("/comments")]
+    """Comments the echo feature posted (other features, e.g. triage, answer the same events)."""
+    return [r for r in standin.writes() if r["method"] == "POST" and r["path"].endswith("/comments")
+            and "first-responder:echo" in (r["json"] or {}).get("body", "")]
+
+
+def echo_comments(standin, number):
+    return [c for c in standin.comments(REPO, number) if "first-responder:echo" in c["body"]]
 
 
 def test_github_documented_signature_vector():
@@ -105,7 +111,7 @@ async def test_a_second_delivery_for_the_same_issue_edits_not_reposts(bot, stand
     await bot.send("issues", payload, delivery="b")  # a new delivery id for the same event (manual redeliver)
     await bot.drain()
     assert calls == ["a", "b"]
-    assert len(standin.comments(REPO, issue["number"])) == 1
+    assert len(echo_comments(standin, issue["number"])) == 1
 
 
 async def test_killed_after_202_then_restarted_handles_delivery_exactly_once(settings, standin):
@@ -142,7 +148,7 @@ async def test_502_then_success_writes_once(bot, standin):
     standin.fail_next("POST", r"/issues/\d+/comments$", 502)
     await bot.send("issues", payload)
     await bot.drain()
-    assert len(standin.comments(REPO, issue["number"])) == 1
+    assert len(echo_comments(standin, issue["number"])) == 1
 
 
 async def test_secondary_rate_limit_with_retry_after_waits_then_succeeds(bot, standin):
@@ -155,7 +161,7 @@ async def test_secondary_rate_limit_with_retry_after_waits_then_succeeds(bot, st
     await bot.send("issues", payload)
     await bot.drain()
     assert time.monotonic() - started >= 1.0
-    assert len(standin.comments(REPO, issue["number"])) == 1
+    assert len(echo_comments(standin, issue["number"])) == 1
 
 
 async def test_events_sent_by_bots_are_ignored(bot, standin):
@@ -192,8 +198,9 @@ async def test_dry_run_writes_nothing_but_fills_the_audit_log(settings, standin)
     await server.session.close()
     await runner.cleanup()
     assert calls and standin.writes() == []
-    rows = list(server.db.query("SELECT action, result, repo FROM audit"))
-    assert rows == [{"action": "Comment", "result": "dry-run", "repo": REPO}]
+    rows = list(server.db.query("SELECT action, result, repo, details FROM audit"))
+    assert rows and all(row["result"] == "dry-run" for row in rows)
+    assert any(row["action"] == "Comment" and "first-responder:echo" in row["details"] for row in rows)
 
 
 async def test_repo_config_dry_run_applies_to_that_repo_only(bot, standin):
