@@ -358,6 +358,20 @@ class GitHubStandIn:
         issue["updated_at"] = max(_iso(updated_at) or created, issue["updated_at"], issue["closed_at"] or "")
         return issue
 
+    def add_reaction(self, repo: str, content: str, *, user: str, comment_id: int | None = None,
+                     number: int | None = None) -> dict:
+        """Seed a person's reaction on a comment (or, with ``number``, on an issue)."""
+        state = self._repos[repo]
+        key = ("comment", comment_id) if comment_id is not None else ("issue", number)
+        target = state.comments[comment_id] if comment_id is not None else state.issues[number]
+        rid = next(self._ids)
+        reaction = {"id": rid, "node_id": f"REA_lADO{rid:06d}", "user": self._user(user), "content": content,
+                    "created_at": _iso(self.now())}
+        state.reactions.setdefault(key, []).append(reaction)
+        target["reactions"][content] += 1
+        target["reactions"]["total_count"] += 1
+        return reaction
+
     def add_comment(self, repo: str, number: int, body: str, user: str = "bob",
                     created_at: dt.datetime | str | None = None, user_type: str = "User",
                     author_association: str | None = None) -> dict:

@@ -11,6 +11,7 @@ from gidgethub.routing import Router
 FEATURE_MODULES = [
     "bot.features.installation",
     "bot.features.index",
+    "bot.features.answers",
     "bot.features.triage",
     "bot.features.commands",
     "bot.features.lifecycle",

@@ -163,10 +163,6 @@ async def on_issue_changed(event, gh, ctx):
     store.upsert_issue(ctx.db, ctx.repo, event.data["issue"], templates)
     if event.data["action"] in ("opened", "edited"):
         await embed_missing(ctx.db, ctx.repo)
-    if event.data["action"] == "edited" or event.data["action"] == "closed":
-        hook = getattr(answers_hooks, "on_issue_event", None)
-        if hook is not None:
-            await hook(event, gh, ctx)
 
 
 @router.register("issues", action="deleted")
@@ -186,16 +182,6 @@ async def on_comment(event, gh, ctx):
     if store.get_issue(ctx.db, ctx.repo, issue["number"]) is not None:
         ctx.db.execute("UPDATE issues SET comments = ?, updated_at = ? WHERE repo = ? AND number = ?",
                        [issue.get("comments", 0), issue.get("updated_at"), ctx.repo, issue["number"]])
-    hook = getattr(answers_hooks, "on_comment_event", None)
-    if hook is not None:
-        await hook(event, gh, ctx)
-
-
-class _AnswerHooks:
-    """Filled in by bot.features.answers when present (kept loose so the index works without it)."""
-
-
-answers_hooks = _AnswerHooks()
 
 
 async def on_repo_added(services, repo: str, installation_id: int) -> None:

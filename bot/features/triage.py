@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import difflib
-import importlib
 import logging
 import time
 from typing import Any
@@ -30,32 +29,35 @@ SUBSTANTIAL_EDIT = 0.8  # re-triage when the text is less than this similar to w
 SUMMARY_MARKER = marker("summary")
 
 
-def _optional(module: str, name: str):
-    try:
-        return getattr(importlib.import_module(module), name, None)
-    except ModuleNotFoundError:
-        return None
-
-
 async def _duplicates(ctx, issue: dict) -> list[Any]:
+    """Earlier issues of this repo that score above the duplicates threshold (never acted on alone)."""
     config = ctx.config.section("duplicates")
-    find = _optional("bot.index.duplicates", "find_duplicates")
-    if not config.get("enabled", True) or find is None:
+    if not config.get("enabled", True):
         return []
+    from bot.index import store
+    from bot.index.duplicates import find_duplicates
+    from bot.index.text import template_lines
+    from bot.repo_data import issue_templates
+
     try:
-        return await asyncio.to_thread(find, ctx.db, ctx.repo, issue, config)
+        templates = template_lines(await issue_templates(ctx.gh, ctx.repo))
+        row = store.get_issue(ctx.db, ctx.repo, issue["number"]) or {}
+        vector = store.blob_to_vector(row["vector"]) if row.get("vector") else None
+        return await asyncio.to_thread(
+            find_duplicates, ctx.db, ctx.repo, issue.get("title") or "", issue.get("body") or "",
+            created_at=issue.get("created_at"), number=issue["number"], templates=templates,
+            query_vector=vector, vector_model=row.get("vector_model"), threshold=config.get("threshold"),
+            max_candidates=int(config.get("max_candidates", 3)))
     except Exception:  # noqa: BLE001 - duplicates are a nicety; triage goes on without them
         log.exception("duplicate search failed", extra={"repo": ctx.repo, "delivery": ctx.delivery_id})
         return []
 
 
 async def _cached_answer(ctx, issue: dict) -> Any:
-    config = ctx.config.section("answers")
-    lookup = _optional("bot.index.answers", "lookup_answer")
-    if not config.get("enabled", True) or lookup is None:
-        return None
+    from bot.features.answers import lookup_answer
+
     try:
-        return await asyncio.to_thread(lookup, ctx.db, ctx.repo, issue)
+        return await lookup_answer(ctx, issue)
     except Exception:  # noqa: BLE001
         log.exception("answer cache lookup failed", extra={"repo": ctx.repo, "delivery": ctx.delivery_id})
         return None
@@ -104,7 +106,12 @@ async def run_triage(ctx, issue: dict | int, *, actor: str | None = None, rerun:
     if plan.data.get("needs_info") and asked and needs_info.get("enabled", True):
         plan.actions.insert(0, CreateLabel(needs_info["label"], "d4c5f9", "Waiting for information from the author"))
         plan.actions.insert(1, AddLabels(number, (needs_info["label"],)))
-    await apply(plan, ctx)
+    results = await apply(plan, ctx)
+    if cached is not None:
+        from bot.features.answers import remember_reuse
+
+        comment_id = next((r.get("comment_id") for r in results if r["action"] == "Comment"), None)
+        remember_reuse(ctx, number, cached, comment_id)
     kv_set(ctx.db, f"triaged:{ctx.repo}#{number}", {"text": _text(issue), "at": time.time()})
     log.info("triaged #%s: %s", number, plan.reason, extra={"repo": ctx.repo, "delivery": ctx.delivery_id})
     return plan.data

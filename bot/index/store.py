@@ -26,8 +26,7 @@ import sqlite_utils
 from bot.index.text import clean_body
 
 FTS_COLUMNS = ("title", "search_body")
-import os
-FTS_TOKENIZE = os.environ.get("FTS_TOK", "porter")
+FTS_TOKENIZE = "porter"
 VECTOR_DTYPE = np.float16
 
 ISSUE_COLUMNS: dict[str, type] = {

@@ -87,11 +87,13 @@ def template_lines(templates: Iterable[str]) -> frozenset[str]:
                 continue
             # YAML issue forms: `label: Steps to reproduce`, `description: ...`, `placeholder: ...`
             m = re.match(r"^\s*-?\s*(label|description|placeholder|value|name|about|title)\s*:\s*[|>]?\s*(.*)$", raw)
+            candidates = [stripped]
             if m:
-                stripped = m.group(2).strip().strip("'\"")
-            key = _template_key(stripped)
-            if key:
-                keys.add(key)
+                candidates.append(m.group(2).strip().strip("'\""))
+            for line in candidates:
+                key = _template_key(line)
+                if key:
+                    keys.add(key)
     return frozenset(keys)
 
 
