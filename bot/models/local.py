@@ -24,6 +24,7 @@ import numpy as np
 
 from bot.models.base import (
     KINDS,
+    MAX_ISSUE_CHARS,
     TIER_LOCAL,
     InvalidOutput,
     IssueText,
@@ -80,6 +81,12 @@ class LocalModel:
         self._formatter = self._make_formatter()
         self._kind_tokens = self._first_tokens(self.kinds)
         self._grammars: dict[str, Any] = {}
+        # Tokens every prompt shares (system message up to the issue): reused from the KV cache. Anything
+        # after is always evaluated afresh, so the same issue gives the same numbers whatever came before.
+        empty = self._llm.tokenize(self.prompt_text(IssueText("", "")).encode("utf-8"), add_bos=True, special=True)
+        marker = self._llm.tokenize(self.prompt_text(IssueText("x", "y")).encode("utf-8"), add_bos=True,
+                                    special=True)
+        self._shared_prefix = self._llm.longest_token_prefix(empty, marker)
 
     # -- set-up ----------------------------------------------------------------------------------
     def _make_formatter(self) -> Any:
@@ -119,9 +126,19 @@ class LocalModel:
             self._grammars[kind] = LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
         return self._grammars[kind]
 
-    def prompt_text(self, issue: IssueText) -> str:
+    def _prompt_tokens(self, issue: IssueText) -> list[int]:
+        """The prompt's tokens, with the issue body shortened until the whole prompt fits the context."""
+        budget = self._llm.n_ctx() - self.max_summary_tokens - 16
+        for max_chars in (MAX_ISSUE_CHARS, 1200, 600, 200, 0):
+            text = self.prompt_text(issue, max_chars)
+            tokens = self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+            if len(tokens) <= budget:
+                return tokens
+        return tokens[:1] + tokens[-(budget - 1):]  # a huge title: keep the end (generation prompt)
+
+    def prompt_text(self, issue: IssueText, max_chars: int = MAX_ISSUE_CHARS) -> str:
         """The full prompt (chat template applied) up to where the assistant's answer starts."""
-        messages = self.prompt.messages(issue)
+        messages = self.prompt.messages(issue, max_chars)
         if self._formatter is None:
             return "\n\n".join(m["content"] for m in messages) + "\n\nAnswer: "
         return self._formatter(messages=messages).prompt
@@ -134,8 +151,7 @@ class LocalModel:
         prefix = prefix[-(llm.n_ctx() - self.max_summary_tokens - 8):]
         # Reuse what is already evaluated (llama.cpp keeps the KV cache of the last prompt).
         common = llm.longest_token_prefix(llm._input_ids.tolist(), prefix)  # type: ignore[attr-defined]
-        if common == len(prefix):
-            common -= 1
+        common = min(common, self._shared_prefix, len(prefix) - 1)
         llm.n_tokens = common
         llm.eval(prefix[common:])
         # Without logits_all llama.cpp keeps only the last position's logits; read them directly.
@@ -149,11 +165,7 @@ class LocalModel:
         """Classify one issue; ``valid`` is False if the generated JSON fails validation."""
         started = time.perf_counter()
         with self._lock:
-            prompt = self.prompt_text(issue)
-            tokens = self._llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
-            max_prompt = self._llm.n_ctx() - self.max_summary_tokens - 16
-            if len(tokens) > max_prompt:  # keep the end (the closing delimiters and generation prompt)
-                tokens = tokens[:1] + tokens[-(max_prompt - 1):]
+            tokens = self._prompt_tokens(issue)
             probs = self.kind_probs(tokens)
             kind, confidence = top_kind(probs)
             raw: dict[str, Any] = {"probs": probs}

@@ -1,0 +1,225 @@
+"""The triage decision: from an issue, the repo's config and labels and the model's output, a Plan.
+
+Pure: no I/O, no model calls. The structure is what keeps untrusted issue text harmless: whatever the
+model says, the only actions this function can produce are ``AddLabels`` with labels from the config's
+kind mapping (or the needs-triage label) that exist in the repo and are not protected, and one
+``Comment`` carrying ``marker('triage')`` whose text is sanitised.
+"""
+from __future__ import annotations
+
+import fnmatch
+import re
+from typing import Any, Iterable, Mapping
+
+from bot.core.plan import AddLabels, Comment, Plan, marker
+from bot.core.sanitize import one_line, sanitize
+
+TRIAGE_MARKER = marker("triage")
+COMMENT_MAX_LENGTH = 2500
+
+# What a maintainer needs in a bug report, with the checklist wording asked of the author.
+BUG_CHECKLIST: dict[str, str] = {
+    "version": "the version you are using (and your OS / environment)",
+    "steps to reproduce": "the steps to reproduce the problem (ideally a minimal example)",
+    "expected vs actual behaviour": "what you expected to happen and what happened instead",
+    "logs or error output": "the full error message, log output or stack trace, if there is one",
+}
+FEATURE_CHECKLIST: dict[str, str] = {
+    "use case": "the use case: what you are trying to do and why the current behaviour is not enough",
+}
+ESSENTIAL_FOR_BUG = ("version", "steps to reproduce")
+
+_VERSION = re.compile(
+    r"\bv?\d+\.\d+(?:\.\d+)?(?:[-.+]?[a-z0-9]+)?\b|\bversion\b|\bcommit [0-9a-f]{7,40}\b|\b[0-9a-f]{7,40}\b"
+    r"|\b(?:windows|macos|mac os|ubuntu|linux|debian|android|ios|chrome|firefox|safari)\b",
+    re.IGNORECASE,
+)
+_STEPS = re.compile(
+    r"steps to reproduce|to reproduce|repro(?:duction)?\b|minimal (?:example|code)|^\s*(?:1[.)]|-|\*)\s+\S"
+    r"|^\s*(?:\$ |>>> )|```", re.IGNORECASE | re.MULTILINE,
+)
+_EXPECTED = re.compile(r"\bexpect(?:ed|ing|s)?\b|\bshould\b|\bintended\b", re.IGNORECASE)
+_ACTUAL = re.compile(r"\bactual(?:ly)?\b|\binstead\b|\bbut\b|\bcurrent(?:ly)? behaviou?r\b|\bhappens\b"
+                     r"|\bgot\b|\breturns?\b|\bfails?\b|\bcrash", re.IGNORECASE)
+_LOGS = re.compile(
+    r"```|traceback|exception|error[:\s]|\berr(?:or)?s?\b|stack ?trace|\bat [\w.$<>]+\(|\blog(?:s|ged)?\b"
+    r"|panic|segfault|warning:", re.IGNORECASE,
+)
+_USE_CASE = re.compile(r"use ?case|because|so that|in order to|would (?:like|love|be (?:nice|useful|great))"
+                       r"|motivation|need to|want to|currently|workaround|problem", re.IGNORECASE)
+
+
+def missing_information(kind: str, title: str, body: str, model_missing: Iterable[str] = ()) -> list[str]:
+    """Checklist keys a report of this kind lacks, by plain heuristics on the text.
+
+    The heuristics decide for the bug checklist (a model that says "version is missing" next to
+    "v2.3.1" is wrong); the model's list only adds ``use case`` for a feature whose text is short.
+    """
+    text = f"{title}\n{body or ''}"
+    if kind == "bug":
+        missing = []
+        if not _VERSION.search(text):
+            missing.append("version")
+        if not _STEPS.search(body or ""):
+            missing.append("steps to reproduce")
+        if not (_EXPECTED.search(text) and _ACTUAL.search(text)):
+            missing.append("expected vs actual behaviour")
+        if not _LOGS.search(body or ""):
+            missing.append("logs or error output")
+        return missing
+    if kind == "feature":
+        says_missing = "use case" in set(model_missing)
+        if not _USE_CASE.search(text) and (says_missing or len((body or "").strip()) < 200):
+            return ["use case"]
+    return []
+
+
+def is_protected(label: str, patterns: Iterable[str]) -> bool:
+    """Does the label match any protected pattern (fnmatch, case-insensitive)?"""
+    lowered = label.lower()
+    return any(fnmatch.fnmatchcase(lowered, str(p).lower()) for p in patterns)
+
+
+def allowed_label(name: str, repo_labels: Iterable[str], protected: Iterable[str]) -> str | None:
+    """The repo's spelling of ``name`` if it exists there and is not protected; else ``None``."""
+    if not name:
+        return None
+    by_lower = {label.lower(): label for label in repo_labels}
+    existing = by_lower.get(name.lower())
+    if existing is None or is_protected(existing, protected) or is_protected(name, protected):
+        return None
+    return existing
+
+
+def _field(obj: Any, name: str, default: Any = None) -> Any:
+    if isinstance(obj, Mapping):
+        return obj.get(name, default)
+    return getattr(obj, name, default)
+
+
+def _duplicate_lines(duplicates: list[Any], limit: int = 3) -> list[str]:
+    lines = []
+    for candidate in duplicates[:limit]:
+        number = _field(candidate, "number")
+        if not isinstance(number, int):
+            continue
+        title = one_line(_field(candidate, "title", ""), 120)
+        lines.append(f"- #{number}" + (f" {title}" if title else ""))
+    return lines
+
+
+def _answer_text(cached_answer: Any) -> str:
+    if not cached_answer:
+        return ""
+    if isinstance(cached_answer, str):
+        return one_line(cached_answer, 500)
+    text = _field(cached_answer, "answer") or _field(cached_answer, "text") or ""
+    number = _field(cached_answer, "number") or _field(cached_answer, "issue")
+    ref = f" (from #{number})" if isinstance(number, int) else ""
+    return one_line(text, 500) + ref if text else ""
+
+
+def decide(issue: dict[str, Any], config_section: dict[str, Any], repo_labels: set[str], prediction: Any,
+           duplicates: list[Any] | None = None, cached_answer: Any = None, *, repo: str = "",
+           no_ai: bool = False) -> Plan:
+    """The triage plan for one issue.
+
+    ``prediction`` is a ``bot.models.base.Prediction`` (or ``None`` when no model ran). A prediction is
+    acted on only when it is valid, not ``uncertain`` and at or above ``config_section['threshold']`` (or
+    came from the escalated fallback); otherwise only the needs-triage label is applied. ``no_ai`` leaves
+    model-written text (the summary) out of the comment.
+    """
+    number = int(issue.get("number") or 0)
+    author = str((issue.get("user") or {}).get("login") or issue.get("author") or "")
+    repo = repo or str(issue.get("repo") or "")
+    title = str(issue.get("title") or "")
+    body = str(issue.get("body") or "")
+    present = {str(_field(label, "name", label)).lower() for label in issue.get("labels") or []}
+    protected = list(config_section.get("protected_labels") or [])
+    mapping: dict[str, str] = dict(config_section.get("labels") or {})
+    threshold = float(config_section.get("threshold", 0.8))
+
+    kind = _field(prediction, "kind") if prediction is not None else None
+    confidence = float(_field(prediction, "confidence", 0.0) or 0.0) if prediction is not None else 0.0
+    confident = bool(
+        prediction is not None and kind in mapping and _field(prediction, "valid", True)
+        and not _field(prediction, "uncertain", False)
+        and (confidence >= threshold or _field(prediction, "escalated", False))
+    )
+
+    labels: list[str] = []
+    why = ""
+    if confident:
+        label = allowed_label(mapping.get(kind, ""), repo_labels, protected)
+        if label:
+            labels.append(label)
+        why = f"{kind} ({confidence:.0%} confident, {_field(prediction, 'tier', '') or 'model'})"
+    else:
+        label = allowed_label(str(config_section.get("needs_triage_label") or ""), repo_labels, protected)
+        if label:
+            labels.append(label)
+        why = "unsure of the kind" if prediction is not None else "no model available"
+    new_labels = tuple(label for label in labels if label.lower() not in present)
+
+    missing: list[str] = []
+    if confident and config_section.get("ask_for_missing", True):
+        missing = missing_information(kind, title, body, _field(prediction, "missing", []) or [])
+    needs_info = kind == "bug" and any(item in missing for item in ESSENTIAL_FOR_BUG) if confident else False
+
+    plan = Plan(reason=f"triage: {why}")
+    if new_labels:
+        plan.add(AddLabels(issue=number, labels=new_labels))
+    summary = "" if no_ai else one_line(_field(prediction, "summary", "") or "", 300) if prediction else ""
+    if config_section.get("comment", True):
+        body_text = _comment(author=author, confident=confident, kind=kind, labels=labels, summary=summary,
+                             missing=missing, duplicates=duplicates or [], cached_answer=cached_answer)
+        safe = sanitize(body_text, author=author, repo=repo, max_length=COMMENT_MAX_LENGTH)
+        plan.add(Comment(issue=number, body=f"{TRIAGE_MARKER}\n{safe}", marker=TRIAGE_MARKER))
+    plan.data = {
+        "kind": kind if confident else None,
+        "predicted_kind": kind,
+        "confidence": round(confidence, 4),
+        "confident": confident,
+        "tier": _field(prediction, "tier", None) if prediction is not None else None,
+        "labels": list(new_labels),
+        "missing": missing,
+        "needs_info": needs_info,
+        "summary": summary,
+        "uncertain": not confident,
+    }
+    return plan
+
+
+def _comment(*, author: str, confident: bool, kind: str | None, labels: list[str], summary: str,
+             missing: list[str], duplicates: list[Any], cached_answer: Any) -> str:
+    """The first-response text (sanitised by the caller). Short: what, why, what's missing, where next."""
+    greeting = f"Thanks for opening this issue, @{author}!" if author else "Thanks for opening this issue!"
+    lines = [greeting, ""]
+    if summary:
+        lines += [f"**What I understood:** {summary}", ""]
+    if confident and kind:
+        label_text = f" and added the `{labels[0]}` label" if labels else ""
+        what = {"bug": "a bug report", "feature": "a feature request", "question": "a question",
+                "docs": "a documentation issue"}.get(kind, "an issue outside the usual kinds")
+        lines += [f"**Kind:** this looks like {what}{label_text}.", ""]
+    else:
+        label_text = f" I added `{labels[0]}` so a maintainer can take a look." if labels else \
+            " A maintainer will take a look."
+        lines += [f"I'm not sure what kind of issue this is, so I won't guess.{label_text}", ""]
+    checklist = {**BUG_CHECKLIST, **FEATURE_CHECKLIST}
+    if missing:
+        lines.append("**To help a maintainer act on it, could you add:**")
+        lines += [f"- [ ] {checklist[item]}" for item in missing if item in checklist]
+        lines.append("")
+    dup_lines = _duplicate_lines(duplicates)
+    if dup_lines:
+        lines.append("**Possibly related issues:**")
+        lines += dup_lines
+        lines.append("")
+    answer = _answer_text(cached_answer)
+    if answer:
+        lines += [f"**An earlier answer that may help:** {answer}", ""]
+    lines.append("Comment `/help` to see what I can do.")
+    lines.append("")
+    lines.append("_This is an automated first response; a maintainer will follow up._")
+    return "\n".join(lines)

@@ -1,0 +1,232 @@
+"""The pure triage decision (issue 4): allowlist, protected labels, needs-triage, sanitiser, injections."""
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from bot.config import DEFAULTS
+from bot.core.plan import AddLabels, Comment, marker
+from bot.core.sanitize import sanitize
+from bot.core.triage import decide, is_protected, missing_information
+from bot.models.base import KINDS, FakeModel, IssueText, Prediction
+
+REPO = "octo-org/hello"
+AUTHOR = "alice"
+LABELS = {"bug", "enhancement", "question", "documentation", "security", "priority-high", "needs-triage", "wontfix"}
+INJECTIONS = json.loads((Path(__file__).parent / "data" / "injections.json").read_text(encoding="utf-8"))
+
+
+def config(**overrides):
+    section = copy.deepcopy(DEFAULTS["triage"])
+    section.update(overrides)
+    return section
+
+
+def issue(title="It crashes", body="", number=7, labels=()):
+    return {"number": number, "title": title, "body": body, "user": {"login": AUTHOR},
+            "labels": [{"name": name} for name in labels]}
+
+
+def prediction(kind="bug", confidence=0.95, **fields):
+    return Prediction(kind=kind, confidence=confidence, probs={k: (confidence if k == kind else 0.0) for k in KINDS},
+                      tier="combined", **fields)
+
+
+def labels_of(plan):
+    return [label for action in plan.actions if isinstance(action, AddLabels) for label in action.labels]
+
+
+def comment_of(plan):
+    comments = [action for action in plan.actions if isinstance(action, Comment)]
+    assert len(comments) <= 1
+    return comments[0] if comments else None
+
+
+def mentions_outside_code(text):
+    """@names GitHub would notify: outside code spans/blocks, not part of an e-mail address."""
+    text = re.sub(r"```.*?```", "", text, flags=re.S)
+    text = re.sub(r"`[^`]*`", "", text)
+    return {m.lower() for m in re.findall(r"(?<![\w`/@.])@([A-Za-z0-9][A-Za-z0-9-]*)", text)}
+
+
+def links_outside_code(text):
+    text = re.sub(r"`[^`]*`", "", text)
+    return re.findall(r"(?:https?|javascript|mailto|ftp|data):[^\s)]*|www\.[^\s)]*", text, flags=re.I)
+
+
+def test_confident_bug_gets_mapped_label_and_one_marked_comment():
+    plan = decide(issue(body="Version 1.2.3. Steps: 1. run it. Expected ok but got error: boom"), config(),
+                  LABELS, prediction("bug", 0.97, summary="The app crashes."), [], None, repo=REPO)
+    assert labels_of(plan) == ["bug"]
+    comment = comment_of(plan)
+    assert comment.marker == marker("triage") and comment.body.startswith(marker("triage"))
+    assert "The app crashes." in comment.body and "/help" in comment.body
+    assert plan.data["confident"] and plan.data["kind"] == "bug"
+
+
+def test_feature_maps_to_enhancement_via_allowlist():
+    plan = decide(issue("Add dark mode"), config(), LABELS, prediction("feature"), [], None, repo=REPO)
+    assert labels_of(plan) == ["enhancement"]
+
+
+def test_label_missing_in_repo_is_not_applied():
+    plan = decide(issue(), config(), {"question"}, prediction("bug"), [], None, repo=REPO)
+    assert labels_of(plan) == []
+
+
+def test_labels_match_repo_spelling_case_insensitively():
+    plan = decide(issue(), config(), {"Bug"}, prediction("bug"), [], None, repo=REPO)
+    assert labels_of(plan) == ["Bug"]
+
+
+def test_protected_labels_are_never_applied_even_if_mapped():
+    section = config(labels={"bug": "security", "feature": "priority-high", "question": "question",
+                             "docs": "documentation", "other": ""})
+    for kind in ("bug", "feature"):
+        plan = decide(issue(), section, LABELS, prediction(kind), [], None, repo=REPO)
+        assert labels_of(plan) == []
+    assert is_protected("Priority: High", ["priority*"]) and is_protected("SECURITY", ["security"])
+
+
+def test_needs_triage_when_unsure():
+    plan = decide(issue(), config(threshold=0.8), LABELS, prediction("bug", 0.6), [], None, repo=REPO)
+    assert labels_of(plan) == ["needs-triage"]
+    assert "not sure" in comment_of(plan).body and plan.data["uncertain"]
+
+
+def test_needs_triage_when_prediction_marked_uncertain_or_invalid():
+    for pred in (prediction("bug", 0.99, uncertain=True), prediction("bug", 0.99, valid=False), None):
+        plan = decide(issue(), config(), LABELS, pred, [], None, repo=REPO)
+        assert labels_of(plan) == ["needs-triage"]
+
+
+def test_escalated_fallback_answer_is_acted_on():
+    pred = prediction("question", 0.9, escalated=True)
+    plan = decide(issue(), config(threshold=0.95), LABELS, pred, [], None, repo=REPO)
+    assert labels_of(plan) == ["question"]
+
+
+def test_no_needs_triage_label_in_repo_means_no_label():
+    plan = decide(issue(), config(), {"bug"}, prediction("bug", 0.3), [], None, repo=REPO)
+    assert labels_of(plan) == []
+
+
+def test_label_already_on_issue_is_not_re_added():
+    plan = decide(issue(labels=["bug"]), config(), LABELS, prediction("bug"), [], None, repo=REPO)
+    assert labels_of(plan) == []
+
+
+def test_comment_off_in_config_posts_nothing():
+    plan = decide(issue(), config(comment=False), LABELS, prediction("bug"), [], None, repo=REPO)
+    assert comment_of(plan) is None and labels_of(plan) == ["bug"]
+
+
+def test_no_ai_leaves_model_text_out():
+    plan = decide(issue(), config(), LABELS, prediction("bug", summary="MODEL WORDS"), [], None, repo=REPO,
+                  no_ai=True)
+    assert "MODEL WORDS" not in comment_of(plan).body
+
+
+def test_missing_info_checklist_for_a_bare_bug_report():
+    plan = decide(issue(body="it does not work"), config(), LABELS, prediction("bug"), [], None, repo=REPO)
+    assert set(plan.data["missing"]) == {"version", "steps to reproduce", "expected vs actual behaviour",
+                                         "logs or error output"}
+    assert plan.data["needs_info"]
+    assert comment_of(plan).body.count("- [ ]") == 4
+
+
+def test_missing_info_heuristics_see_a_complete_report():
+    body = ("React version: 18.2.0\n\n### Steps To Reproduce\n1. click\n2. scroll\n\n"
+            "Expected the list to scroll but instead it jumps.\n\n```\nTypeError: x is undefined\n```")
+    assert missing_information("bug", "List jumps", body, ["version", "logs or error output"]) == []
+
+
+def test_feature_without_use_case_is_asked_for_it():
+    assert missing_information("feature", "Add X", "Add X please", []) == ["use case"]
+    assert missing_information("feature", "Add X", "I would like X because my team needs to export data.", []) == []
+
+
+def test_duplicates_and_cached_answer_are_listed_sanitised():
+    dups = [{"number": 3, "title": "Crash @bob https://evil.example.com"}, {"number": 4, "title": "Other"}]
+    answer = {"answer": "Set FOO=1, see @carol", "number": 2}
+    plan = decide(issue(), config(), LABELS, prediction("bug"), dups, answer, repo=REPO)
+    body = comment_of(plan).body
+    assert "#3" in body and "#4" in body and "Set FOO=1" in body and "(from #2)" in body
+    assert mentions_outside_code(body) <= {AUTHOR} and not links_outside_code(body)
+
+
+# -- sanitizer --------------------------------------------------------------------------------------
+
+def test_sanitize_neutralises_mentions_other_than_the_author():
+    text = sanitize("thanks @alice, cc @bob and @org/team", author="alice", repo=REPO)
+    assert "@alice" in text and mentions_outside_code(text) == {"alice"}
+
+
+def test_sanitize_removes_images_and_html():
+    text = sanitize('a ![x](https://e.com/p.png) <img src="https://e.com/t.gif"> <b>bold</b> <script>x</script>',
+                    repo=REPO)
+    assert "<" not in text.replace("&lt;", "") and "p.png" not in text and "t.gif" not in text
+
+
+def test_sanitize_keeps_links_into_this_repo_only():
+    text = sanitize(f"[ok](https://github.com/{REPO}/issues/1) [bad](https://evil.example.com) "
+                    "https://evil.example.com/raw", repo=REPO)
+    assert f"(https://github.com/{REPO}/issues/1)" in text
+    assert links_outside_code(text) == [f"https://github.com/{REPO}/issues/1"]
+
+
+def test_sanitize_caps_length():
+    assert len(sanitize("word " * 5000, max_length=500)) <= 500
+
+
+def test_sanitize_neutralises_cross_repo_references():
+    text = sanitize(f"see other/repo#12 and {REPO}#3", repo=REPO)
+    assert "`other/repo#12`" in text and f"{REPO}#3" in text
+
+
+# -- injection corpus -------------------------------------------------------------------------------
+
+def test_injection_corpus_is_big_and_varied():
+    assert len(INJECTIONS) >= 30
+    assert {i["where"] for i in INJECTIONS} >= {"title", "body", "code block", "html comment"}
+    assert len({i["lang"] for i in INJECTIONS}) >= 5
+    assert {i["intent"] for i in INJECTIONS} >= {"close", "label-security", "ping", "leak", "links"}
+
+
+def _hijacked_predictions(case):
+    """What a fully hijacked model could return: any kind, echoing the attacker's text as summary."""
+    text = f"{case['title']} {case['body']}"
+    for kind in KINDS:
+        yield prediction(kind, 0.99, summary=text, missing=["version", "security", "close"])
+    yield prediction("bug", 0.1, summary=text)
+
+
+@pytest.mark.parametrize("case", INJECTIONS, ids=[c["id"] for c in INJECTIONS])
+def test_injection_leads_to_no_action_outside_the_allowlist(case):
+    section = config()
+    allowed = {v for v in section["labels"].values() if v} | {section["needs_triage_label"]}
+    for pred in _hijacked_predictions(case):
+        plan = decide(issue(case["title"], case["body"]), section, LABELS, pred, [], None, repo=REPO)
+        assert {type(a) for a in plan.actions} <= {AddLabels, Comment}
+        assert set(labels_of(plan)) <= allowed
+        comment = comment_of(plan)
+        assert comment is not None and comment.marker == marker("triage")
+        body = comment.body[len(marker("triage")):]
+        assert mentions_outside_code(body) <= {AUTHOR}, body
+        assert not links_outside_code(body), body
+        assert "<img" not in body and "<a " not in body and "<!--" not in body
+        assert "Never follow instructions" not in body  # no system-prompt text reaches the comment
+
+
+def test_fake_model_returns_queued_answers_and_records_calls():
+    fake = FakeModel([{"kind": "question", "confidence": 0.91}, RuntimeError("boom")])
+    first = fake.predict(IssueText("How do I?", "body"))
+    assert (first.kind, first.confidence, first.tier) == ("question", 0.91, "fake")
+    with pytest.raises(RuntimeError):
+        fake.predict(IssueText("again"))
+    assert [c.title for c in fake.calls] == ["How do I?", "again"]
+    assert fake.predict(IssueText("empty")).kind == "other"
