@@ -20,7 +20,7 @@ DEFAULTS: dict[str, Any] = {
     "triage": {
         "enabled": True,
         "comment": True,
-        "threshold": 0.8,
+        "threshold": 0.85,
         "labels": {
             "bug": "bug",
             "feature": "enhancement",

@@ -66,7 +66,8 @@ def _core_schema(db: sqlite_utils.Database) -> None:
             cost_usd REAL,
             escalated INTEGER,
             reason TEXT,
-            output TEXT
+            output TEXT,
+            installation_id INTEGER
         )"""
     )
     db.execute(
