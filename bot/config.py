@@ -20,6 +20,7 @@ DEFAULTS: dict[str, Any] = {
     "triage": {
         "enabled": True,
         "comment": True,
+        "summary": "extractive",
         "threshold": 0.85,
         "labels": {
             "bug": "bug",

@@ -230,3 +230,13 @@ def test_fake_model_returns_queued_answers_and_records_calls():
         fake.predict(IssueText("again"))
     assert [c.title for c in fake.calls] == ["How do I?", "again"]
     assert fake.predict(IssueText("empty")).kind == "other"
+
+
+def test_extractive_summary_quotes_the_author_and_skips_boilerplate():
+    from bot.core.triage import extractive_summary
+
+    body = "## Describe the bug\n- [ ] I searched\nVersion 2.3.1 on Ubuntu 22.04.\n```\nTraceback: boom boom boom\n```\n" \
+           "After updating, the export button does nothing. Please fix."
+    assert extractive_summary(body) == "After updating, the export button does nothing."
+    assert extractive_summary("") == ""
+    assert extractive_summary("> quoted text from someone else here\nok") == ""

@@ -143,6 +143,18 @@ def test_cascade_uses_the_repo_classifier_when_it_has_enough_history(db):
     classifier = IssueClassifier.train(issues, labels, repo="o/r")
     cascade = Cascade(local=FakeModel([local("feature", 0.4)]), classifiers={"o/r": classifier}, db=db)
     result = cascade.predict(IssueText("Crash when saving file", "TypeError traceback", repo="o/r"),
-                             installation_id=1, triage_config={"threshold": 0.5}, fallback_config=FALLBACK)
+                             installation_id=1, triage_config={"threshold": 0.5, "summary": "model"},
+                             fallback_config=FALLBACK)
     assert result.tier == "combined" and result.kind == "bug"
     assert {r["tier"] for r in calls(db)} == {"classifier", "local"}
+
+
+def test_the_llm_is_not_called_when_the_classifier_decides_and_no_model_summary_is_wanted(db):
+    issues, labels = _labelled()
+    classifier = IssueClassifier.train(issues, labels, repo="o/r")
+    llm = FakeModel([local("feature", 0.4)])
+    cascade = Cascade(local=llm, classifiers={"o/r": classifier}, db=db)
+    result = cascade.predict(IssueText("Crash when saving file", "TypeError traceback", repo="o/r"),
+                             installation_id=1, triage_config={"threshold": 0.5}, fallback_config=FALLBACK)
+    assert result.tier == "classifier" and result.kind == "bug"
+    assert llm.calls == [] and {r["tier"] for r in calls(db)} == {"classifier"}

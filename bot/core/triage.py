@@ -119,6 +119,30 @@ def _answer_text(cached_answer: Any) -> str:
     return one_line(text, 500) + ref if text else ""
 
 
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_ENVIRONMENT = re.compile(r"^(version|os|environment|platform|steps|expected|actual|python|node)\b", re.I)
+_NOISE_LINE = re.compile(r"^\s*(#|>|[-*] \[[ xX]\]|\||<!--|```|~~~|\s{4})")
+
+
+def extractive_summary(body: str, max_length: int = 200) -> str:
+    """The author's own first substantive sentence (headings, quotes, checklists, code skipped).
+
+    The bundled 135M model writes summaries that read well and can be wrong; quoting the author is
+    never wrong, so it is the default and a model summary is used only when one was asked for."""
+    in_code = False
+    for line in (body or "").splitlines():
+        stripped = line.strip()
+        if stripped.startswith(("```", "~~~")):
+            in_code = not in_code
+            continue
+        if in_code or not stripped or _NOISE_LINE.match(line) or len(stripped.split()) < 4 \
+                or _ENVIRONMENT.match(stripped):
+            continue
+        sentence = _SENTENCE_END.split(stripped, maxsplit=1)[0]
+        return one_line(sentence, max_length)
+    return ""
+
+
 def decide(issue: dict[str, Any], config_section: dict[str, Any], repo_labels: set[str], prediction: Any,
            duplicates: list[Any] | None = None, cached_answer: Any = None, *, repo: str = "",
            no_ai: bool = False) -> Plan:
@@ -169,7 +193,13 @@ def decide(issue: dict[str, Any], config_section: dict[str, Any], repo_labels: s
     plan = Plan(reason=f"triage: {why}")
     if new_labels:
         plan.add(AddLabels(issue=number, labels=new_labels))
-    summary = "" if no_ai else one_line(_field(prediction, "summary", "") or "", 300) if prediction else ""
+    model_summary = one_line(_field(prediction, "summary", "") or "", 300) if prediction is not None else ""
+    if no_ai:
+        summary = ""
+    elif model_summary:
+        summary = model_summary
+    else:
+        summary = extractive_summary(body) if config_section.get("summary", "extractive") != "off" else ""
     if config_section.get("comment", True):
         body_text = _comment(author=author, confident=confident, kind=kind, labels=labels, summary=summary,
                              missing=missing, duplicates=duplicates or [], cached_answer=cached_answer)

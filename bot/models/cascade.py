@@ -9,6 +9,7 @@ the triage decision applies nothing uncertain. Every model call is logged to ``m
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import time
@@ -109,8 +110,12 @@ class Cascade:
             log.exception("could not log a model call", extra={"repo": repo, "issue": issue_number})
 
     # -- the decision ----------------------------------------------------------------------------
-    def local_prediction(self, issue: IssueText, *, repo: str = "", **log_fields: Any) -> Prediction:
-        """Combine the local tiers (no escalation); logs each call when ``log_fields`` are given."""
+    def local_prediction(self, issue: IssueText, *, repo: str = "", want_summary: bool = True,
+                         **log_fields: Any) -> Prediction:
+        """Combine the local tiers (no escalation); logs each call when ``log_fields`` are given.
+
+        When the repo's classifier decides alone (LLM weight 0) and no model-written summary is wanted,
+        the LLM is not called at all: it would add seconds and change nothing."""
         repo = repo or issue.repo
         classifier = self.classifier_for(repo)
         clf_pred = llm_pred = None
@@ -118,9 +123,13 @@ class Cascade:
             clf_pred = classifier.predict(issue)
             if log_fields:
                 self._log(clf_pred, repo=repo, uses_prompt=False, **log_fields)
-        if self.local is not None:
+        skip_llm = clf_pred is not None and self.llm_weight == 0 and not want_summary
+        if self.local is not None and not skip_llm:
             try:
-                llm_pred = self.local.predict(issue)
+                if "summary" in inspect.signature(self.local.predict).parameters:
+                    llm_pred = self.local.predict(issue, summary=want_summary)
+                else:
+                    llm_pred = self.local.predict(issue)
             except Exception as exc:  # a broken local model must not stop triage
                 log.exception("local model failed", extra={"repo": repo})
                 llm_pred = Prediction(kind="other", confidence=0.0, probs=normalise_probs({}), tier=TIER_LOCAL,
@@ -154,7 +163,8 @@ class Cascade:
         log_fields = {"issue_number": issue.number, "delivery_id": delivery_id,
                       "installation_id": installation_id}
         started = time.perf_counter()
-        local = self.local_prediction(issue, repo=repo, **log_fields)
+        want_summary = triage_config.get("summary", "extractive") == "model"
+        local = self.local_prediction(issue, repo=repo, want_summary=want_summary, **log_fields)
         if local.valid and local.confidence >= threshold:
             return replace(local, latency_ms=(time.perf_counter() - started) * 1000)
         why = (f"confidence {local.confidence:.2f} < {threshold:.2f}" if local.valid

@@ -161,8 +161,10 @@ class LocalModel:
         exp = {kind: math.exp(value - top) for kind, value in picked.items()}
         return normalise_probs(exp, self.kinds)
 
-    def predict(self, issue: IssueText) -> Prediction:
-        """Classify one issue; ``valid`` is False if the generated JSON fails validation."""
+    def predict(self, issue: IssueText, *, summary: bool | None = None) -> Prediction:
+        """Classify one issue; ``valid`` is False if the generated JSON fails validation.
+
+        ``summary=False`` skips generation (kind probabilities only): most of the cost of a call."""
         started = time.perf_counter()
         with self._lock:
             tokens = self._prompt_tokens(issue)
@@ -172,7 +174,7 @@ class LocalModel:
             output_tokens = 1
             valid, reason = True, ""
             summary, missing = "", []
-            if self.generate_summary:
+            if self.generate_summary if summary is None else summary:
                 result = self._llm.create_completion(
                     prompt=tokens, max_tokens=self.max_summary_tokens, temperature=0.0,
                     grammar=self._grammar(kind), repeat_penalty=1.1,
