@@ -49,14 +49,21 @@ def triage_one(cascade, issue: dict[str, Any], config: dict[str, Any] | None = N
     elapsed = (time.perf_counter() - started) * 1000
     plan = decide(issue, config, GITHUB_DEFAULT_LABELS, prediction, [], None, repo=DEMO_REPO)
     comment = next((a.body for a in plan.actions if type(a).__name__ == "Comment"), "")
+    llm = {}
+    if cascade.local is not None and hasattr(cascade.local, "kind_probs"):
+        # What the bundled GGUF alone says (zero-shot): the only tier for a repo with no labelled history.
+        started = time.perf_counter()
+        alone = cascade.local.predict(IssueText.from_dict(issue, DEMO_REPO), summary=False)
+        llm = {"llm_kind": alone.kind, "llm_confidence": round(alone.confidence, 3),
+               "llm_ms": round((time.perf_counter() - started) * 1000, 1)}
     return {
         "number": issue.get("number"), "title": issue.get("title"),
         "kind": plan.data["kind"], "predicted_kind": prediction.kind,
         "confidence": round(prediction.confidence, 3), "tier": prediction.tier,
         "escalated": prediction.escalated, "uncertain": not plan.data["confident"],
-        "labels": plan.data["labels"], "missing": plan.data["missing"], "summary": prediction.summary,
+        "labels": plan.data["labels"], "missing": plan.data["missing"], "summary": plan.data["summary"],
         "comment": comment.split("\n", 1)[1] if comment.startswith("<!--") else comment,
-        "ms": round(elapsed, 1),
+        "ms": round(elapsed, 1), **llm,
     }
 
 
@@ -83,13 +90,16 @@ def main(argv: list[str]) -> int:
         print(f"  kind: {decided}   confidence: {result['confidence']:.2f}   tier: {result['tier']}"
               f"   time: {result['ms']:.0f} ms")
         print(f"  labels: {', '.join(result['labels']) or '-'}   missing: {', '.join(result['missing']) or '-'}")
+        if "llm_kind" in result:
+            print(f"  bundled model alone (zero-shot, no history): {result['llm_kind']} "
+                  f"p={result['llm_confidence']:.2f}   time: {result['llm_ms']:.0f} ms")
         print(f"  summary: {result['summary'] or '-'}")
         print("  comment:")
         for line in result["comment"].splitlines():
             print(f"    | {line}")
         print()
     times = sorted(r["ms"] for r in results)
-    print(f"median {times[len(times) // 2]:.0f} ms per issue; "
+    print(f"decision: median {times[len(times) // 2]:.0f} ms per issue; "
           f"{sum(1 for r in results if not r['uncertain'])}/{len(results)} decided alone, "
           f"the rest labelled needs-triage rather than guessed.")
     return 0

@@ -202,6 +202,7 @@ def decide(issue: dict[str, Any], config_section: dict[str, Any], repo_labels: s
         summary = extractive_summary(body) if config_section.get("summary", "extractive") != "off" else ""
     if config_section.get("comment", True):
         body_text = _comment(author=author, confident=confident, kind=kind, labels=labels, summary=summary,
+                             quoted=bool(summary) and not model_summary,
                              missing=missing, duplicates=duplicates or [], cached_answer=cached_answer)
         safe = sanitize(body_text, author=author, repo=repo, max_length=COMMENT_MAX_LENGTH)
         plan.add(Comment(issue=number, body=f"{TRIAGE_MARKER}\n{safe}", marker=TRIAGE_MARKER))
@@ -221,12 +222,16 @@ def decide(issue: dict[str, Any], config_section: dict[str, Any], repo_labels: s
 
 
 def _comment(*, author: str, confident: bool, kind: str | None, labels: list[str], summary: str,
+             quoted: bool = False,
              missing: list[str], duplicates: list[Any], cached_answer: Any) -> str:
     """The first-response text (sanitised by the caller). Short: what, why, what's missing, where next."""
     greeting = f"Thanks for opening this issue, @{author}!" if author else "Thanks for opening this issue!"
     lines = [greeting, ""]
     if summary:
-        lines += [f"**What I understood:** {summary}", ""]
+        if quoted:  # the author's own sentence, not the bot's reading of it
+            lines += [f"**In short:** “{summary}”", ""]
+        else:
+            lines += [f"**What I understood:** {summary}", ""]
     if confident and kind:
         label_text = f" and added the `{labels[0]}` label" if labels else ""
         what = {"bug": "a bug report", "feature": "a feature request", "question": "a question",
