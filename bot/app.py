@@ -215,7 +215,8 @@ async def webhook(request: web.Request) -> web.Response:
         return web.json_response({"error": f"malformed JSON: {str(exc).splitlines()[0][:200]}"}, status=400)
     if event_name == "ping":
         return web.json_response({"ok": True, "zen": payload.get("zen")})
-    new = queue.enqueue(services.db, delivery_id, event_name, payload, raw=body)
+    # Group commit: resolves only after the transaction holding this delivery has committed.
+    new = await queue.enqueue_async(services.db, delivery_id, event_name, payload, raw=body)
     if new:
         services.metrics.received.labels(event_name).inc()
         services.worker.wake.set()

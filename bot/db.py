@@ -88,6 +88,16 @@ def _core_schema(db: sqlite_utils.Database) -> None:
         )"""
     )
     db.execute(
+        """CREATE TABLE IF NOT EXISTS duplicate_suggestions (
+            repo TEXT NOT NULL,
+            issue INTEGER NOT NULL,
+            duplicate_of INTEGER NOT NULL,
+            score REAL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (repo, issue, duplicate_of)
+        )"""
+    )
+    db.execute(
         """CREATE TABLE IF NOT EXISTS kv (
             key TEXT PRIMARY KEY,
             value TEXT

@@ -11,7 +11,9 @@ import asyncio
 import json
 import logging
 import random
+import sqlite3
 import time
+import weakref
 from typing import Any, Awaitable, Callable
 
 import sqlite_utils
@@ -28,22 +30,104 @@ def _locate(payload: dict[str, Any]) -> tuple[str | None, int | None, int | None
     return repo, issue, installation
 
 
+_INSERT_DELIVERY = (
+    "INSERT OR IGNORE INTO deliveries (id, event, action, repo, issue, installation_id, status,"
+    " attempts, next_attempt_at, received_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, 0, ?)")
+_INSERT_PAYLOAD = "INSERT OR REPLACE INTO delivery_payloads (id, payload) VALUES (?, ?)"
+
+
+def _row(delivery_id: str, event: str, payload: dict[str, Any], raw: bytes | None) -> tuple[tuple, str]:
+    repo, issue, installation = _locate(payload)
+    text = raw.decode("utf-8") if raw is not None else json.dumps(payload)
+    return (delivery_id, event, payload.get("action"), repo, issue, installation, time.time()), text
+
+
+def _insert(conn: sqlite3.Connection, row: tuple, text: str) -> bool:
+    """Both inserts of one delivery, inside the caller's transaction; False for a redelivery."""
+    new = conn.execute(_INSERT_DELIVERY, row).rowcount == 1
+    if new:
+        conn.execute(_INSERT_PAYLOAD, (row[0], text))
+    return new
+
+
 def enqueue(db: sqlite_utils.Database, delivery_id: str, event: str, payload: dict[str, Any],
             raw: bytes | None = None) -> bool:
     """Store a delivery; False if this delivery id was seen before (GitHub redelivery)."""
-    repo, issue, installation = _locate(payload)
-    text = raw.decode("utf-8") if raw is not None else json.dumps(payload)
+    row, text = _row(delivery_id, event, payload, raw)
     with db.conn:  # one transaction: the delivery and its payload land together or not at all
-        db.execute("BEGIN")
-        cursor = db.execute(
-            "INSERT OR IGNORE INTO deliveries (id, event, action, repo, issue, installation_id, status,"
-            " attempts, next_attempt_at, received_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, 0, ?)",
-            [delivery_id, event, payload.get("action"), repo, issue, installation, time.time()],
-        )
-        new = cursor.rowcount == 1
-        if new:
-            db.execute("INSERT OR REPLACE INTO delivery_payloads (id, payload) VALUES (?, ?)", [delivery_id, text])
-    return new
+        db.conn.execute("BEGIN")
+        return _insert(db.conn, row, text)
+
+
+class GroupCommit:
+    """Enqueue for the event loop: the deliveries that arrive together share one transaction.
+
+    ``submit`` returns a future that resolves (to "is new") only after the transaction holding that
+    delivery has committed, so a caller that awaits it before answering 202 still answers only for a
+    stored delivery. The commit runs as a loop callback right after the requests that are ready in the
+    same loop iteration have been parsed: under load one commit (and one set of WAL index pages)
+    serves many deliveries; alone, a delivery waits for no one.
+    """
+
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.db = db
+        self._batch: list[tuple[asyncio.Future, tuple, str]] = []
+        self.commits = 0      # transactions written (for tests and benchmarks)
+        self.deliveries = 0   # deliveries submitted
+
+    def submit(self, delivery_id: str, event: str, payload: dict[str, Any], raw: bytes | None = None
+               ) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        row, text = _row(delivery_id, event, payload, raw)
+        if not self._batch:
+            loop.call_soon(self._commit)
+        self._batch.append((future, row, text))
+        return future
+
+    def _commit(self) -> None:
+        batch, self._batch = self._batch, []
+        if not batch:
+            return
+        conn = self.db.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            results = [_insert(conn, row, text) for _future, row, text in batch]
+            conn.execute("COMMIT")
+        except BaseException as exc:  # noqa: BLE001 - every waiting request learns it was not stored
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            for future, _row_, _text in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self.commits += 1
+        self.deliveries += len(batch)
+        for (future, _row_, _text), new in zip(batch, results):
+            if not future.done():
+                future.set_result(new)
+
+
+_group_commits: "weakref.WeakKeyDictionary[sqlite_utils.Database, GroupCommit]" = weakref.WeakKeyDictionary()
+
+
+def group_commit(db: sqlite_utils.Database) -> GroupCommit:
+    """The GroupCommit of this database handle (one per connection, created on first use)."""
+    batcher = _group_commits.get(db)
+    if batcher is None:
+        batcher = _group_commits[db] = GroupCommit(db)
+    return batcher
+
+
+async def enqueue_async(db: sqlite_utils.Database, delivery_id: str, event: str, payload: dict[str, Any],
+                        raw: bytes | None = None) -> bool:
+    """``enqueue`` with group commit; returns once the delivery is committed (False: a redelivery)."""
+    return await group_commit(db).submit(delivery_id, event, payload, raw)
 
 
 def depth(db: sqlite_utils.Database) -> tuple[int, float | None]:
@@ -66,6 +150,9 @@ def retry(db: sqlite_utils.Database, delivery_id: str) -> bool:
     cursor = db.execute("UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = 0, error = NULL"
                         " WHERE id = ? AND status != 'done'", [delivery_id])
     return cursor.rowcount == 1
+
+
+_READY_COLUMNS = ("id", "event", "repo", "issue", "installation_id", "next_attempt_at")
 
 
 class Worker:
@@ -93,36 +180,55 @@ class Worker:
             return f"{row['repo']}#{row['issue']}"
         return f"delivery:{row['id']}"
 
-    def _ready(self) -> list[dict[str, Any]]:
-        """Pending deliveries that may start now: the oldest per ordering key, if it is due."""
-        rows = self.db.query(
+    def _ready(self, want: int | None = None) -> list[dict[str, Any]]:
+        """Pending deliveries that may start now: the oldest per ordering key, if it is due.
+
+        Looks at the oldest 200 pending rows, but stops reading once ``want`` are found (rows are
+        fetched lazily, so a busy queue costs a few rows per pass, not 200).
+        """
+        cursor = self.db.conn.execute(
             "SELECT id, event, repo, issue, installation_id, next_attempt_at FROM deliveries"
             " WHERE status = 'pending' ORDER BY received_at LIMIT 200")
         now = time.time()
         seen: set[str] = set()
-        ready = []
-        for row in rows:
-            key = self._key(row)
-            if key in seen or key in self._running:
+        ready: list[dict[str, Any]] = []
+        try:
+            for values in cursor:
+                row = dict(zip(_READY_COLUMNS, values))
+                key = self._key(row)
+                if key in seen or key in self._running:
+                    seen.add(key)
+                    continue
                 seen.add(key)
-                continue
-            seen.add(key)
-            if row["next_attempt_at"] <= now:
-                ready.append(row)
+                if row["next_attempt_at"] <= now:
+                    ready.append(row)
+                    if want is not None and len(ready) >= want:
+                        break
+        finally:
+            cursor.close()
         return ready
 
     async def run(self) -> None:
         self.resume()
         while not self._stopping:
             self.wake.clear()
-            for row in self._ready():
-                if len(self._running) >= self.concurrency:
-                    break
-                key = self._key(row)
-                self.db.execute("UPDATE deliveries SET status = 'running' WHERE id = ?", [row["id"]])
-                task = asyncio.create_task(self._process(row["id"]))
-                self._running[key] = task
-                task.add_done_callback(lambda _t, key=key: self._finished(key))
+            free = self.concurrency - len(self._running)
+            if free <= 0:
+                # Every slot is busy: the next _finished() wakes us; no query until then.
+                await self.wake.wait()
+                continue
+            rows = self._ready(free)
+            if rows:
+                conn = self.db.conn
+                with conn:  # one commit marks the whole pass as running
+                    conn.execute("BEGIN")
+                    conn.executemany("UPDATE deliveries SET status = 'running' WHERE id = ?",
+                                     [(row["id"],) for row in rows])
+                for row in rows:
+                    key = self._key(row)
+                    task = asyncio.create_task(self._process(row["id"]))
+                    self._running[key] = task
+                    task.add_done_callback(lambda _t, key=key: self._finished(key))
             try:
                 await asyncio.wait_for(self.wake.wait(), timeout=self._next_due())
             except asyncio.TimeoutError:
@@ -139,9 +245,10 @@ class Worker:
         return min(5.0, max(0.05, row[0] - time.time()))
 
     async def _process(self, delivery_id: str) -> None:
-        row = next(self.db.query(
+        cursor = self.db.conn.execute(
             "SELECT d.*, p.payload FROM deliveries d JOIN delivery_payloads p ON p.id = d.id WHERE d.id = ?",
-            [delivery_id]))
+            [delivery_id])
+        row = dict(zip([c[0] for c in cursor.description], cursor.fetchone()))
         started = time.monotonic()
         try:
             await self.handler(row)

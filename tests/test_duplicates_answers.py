@@ -31,6 +31,9 @@ async def test_a_seeded_near_duplicate_is_found_and_mentioned(bot, standin, fake
     assert f"#{original['number']}" in comment["body"]
     assert "Possibly related" in comment["body"]
     assert standin.issue(REPO, dup["number"])["state"] == "open"  # never closed on similarity alone
+    suggested = bot.db.execute("SELECT duplicate_of FROM duplicate_suggestions WHERE issue = ?",
+                               [dup["number"]]).fetchall()
+    assert (original["number"],) in suggested  # for the digest's "possible duplicates" section
 
 
 async def test_template_text_does_not_create_false_matches(bot, standin, fake_model):

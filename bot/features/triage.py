@@ -92,6 +92,9 @@ async def run_triage(ctx, issue: dict | int, *, actor: str | None = None, rerun:
     number = issue["number"]
     labels = await repo_labels(ctx)
     duplicates = await _duplicates(ctx, issue)
+    for candidate in duplicates:  # the digest lists the week's suggestions; learning compares with /duplicate
+        ctx.db.execute("INSERT OR REPLACE INTO duplicate_suggestions (repo, issue, duplicate_of, score, created_at)"
+                       " VALUES (?, ?, ?, ?, ?)", [ctx.repo, number, candidate.number, candidate.score, time.time()])
     cached = await _cached_answer(ctx, issue)
     if cached is not None:
         # A near-identical question was answered before: reuse it, no model call at all.
