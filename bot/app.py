@@ -238,7 +238,13 @@ async def health(request: web.Request) -> web.Response:
         "dry_run": services.settings.dry_run,
         "config_warnings": {repo: w for repo, w in services.config_warnings.items() if w},
     }
-    drift = getattr(services, "drift_warnings", None)
+    try:
+        from bot.features.learning import drift_warnings
+
+        drift = drift_warnings(services.db)
+    except Exception:  # noqa: BLE001 - health must answer even if the figures cannot be computed
+        log.exception("drift figures failed")
+        drift = []
     if drift:
         body["drift_warnings"] = drift
     return web.json_response(body, status=200 if db_ok else 503)

@@ -284,3 +284,23 @@ def test_replay_escalates_less_as_labels_arrive_and_keeps_the_page_prose(tmp_pat
     assert last["escalation_rate"] <= 0.5 and last["local_accuracy"] >= 0.95
     text = page.read_text()
     assert "prose before" in text and "prose after" in text and "\nold\n" not in text and "| Q4 |" in text
+
+
+def test_a_sharp_change_in_escalation_rate_is_reported_as_drift(tmp_path):
+    import time as _time
+
+    from bot.db import log_model_call, open_db
+    from bot.features.learning import WEEK, drift_warnings, weekly_figures
+
+    db = open_db(str(tmp_path / "drift.db"))
+    now = _time.time()
+    for i in range(30):  # last week: nothing escalated; this week: two in three escalated
+        log_model_call(db, ts=now - WEEK - 3600 * (i + 1), repo="o/r", issue=i, delivery_id=f"a{i}",
+                       tier="classifier", escalated=0, output={"kind": "bug"})
+        log_model_call(db, ts=now - 3600 * (i + 1), repo="o/r", issue=100 + i, delivery_id=f"b{i}",
+                       tier="classifier", escalated=int(i % 3 != 0), output={"kind": "bug"})
+    before, after = weekly_figures(db, now=now)["o/r"]
+    assert (before["escalation_rate"], after["decisions"]) == (0.0, 30)
+    warnings = drift_warnings(db, now=now)
+    assert warnings == ["o/r: escalation rate 0% -> 67% week over week"]
+    assert drift_warnings(open_db(str(tmp_path / "empty.db")), now=now) == []

@@ -478,3 +478,58 @@ def in_canary(repo: str, number: int, percent: float) -> bool:
         return False
     digest = hashlib.sha256(f"{repo.lower()}#{int(number)}".encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") % 10000 < percent * 100
+
+
+# --- drift ------------------------------------------------------------------------------------------
+
+WEEK = 7 * 24 * 3600
+DRIFT_MIN_DECISIONS = 20  # per week and repo, before a change means anything
+DRIFT_ESCALATION_JUMP = 0.25  # absolute change in escalation rate, week over week
+DRIFT_MIX_JUMP = 0.30  # absolute change in one kind's share of decisions
+
+
+def weekly_figures(db: Any, *, now: float | None = None, weeks: int = 2) -> dict[str, list[dict[str, Any]]]:
+    """Per repo, the last ``weeks`` full weeks: decisions, escalation rate and the kind mix (from the call log)."""
+    now = now or time.time()
+    start = now - weeks * WEEK
+    rows = db.execute(
+        "SELECT repo, issue, delivery_id, max(escalated), min(ts), "
+        "  (SELECT json_extract(m2.output, '$.kind') FROM model_calls m2 WHERE m2.repo = m.repo "
+        "   AND m2.issue = m.issue AND m2.delivery_id = m.delivery_id ORDER BY m2.id DESC LIMIT 1) "
+        "FROM model_calls m WHERE ts >= ? AND ts < ? GROUP BY repo, issue, delivery_id", [start, now]).fetchall()
+    out: dict[str, list[dict[str, Any]]] = {}
+    for repo, _issue, _delivery, escalated, ts, kind in rows:
+        week = min(weeks - 1, int((ts - start) // WEEK))
+        figures = out.setdefault(repo, [{"decisions": 0, "escalated": 0, "kinds": {}} for _ in range(weeks)])[week]
+        figures["decisions"] += 1
+        figures["escalated"] += int(bool(escalated))
+        if kind:
+            figures["kinds"][kind] = figures["kinds"].get(kind, 0) + 1
+    for weeks_of_repo in out.values():
+        for figures in weeks_of_repo:
+            n = figures["decisions"]
+            figures["escalation_rate"] = round(figures["escalated"] / n, 3) if n else None
+            figures["mix"] = {k: round(v / n, 3) for k, v in figures["kinds"].items()} if n else {}
+    return out
+
+
+def drift_warnings(db: Any, *, now: float | None = None) -> list[str]:
+    """Sharp week-over-week changes in escalation rate or kind mix, for the log and ``/health``.
+
+    Accuracy against later maintainer labels is in the replay eval, not here: live labels arrive late."""
+    warnings = []
+    for repo, (before, after) in weekly_figures(db, now=now).items():
+        if min(before["decisions"], after["decisions"]) < DRIFT_MIN_DECISIONS:
+            continue
+        jump = after["escalation_rate"] - before["escalation_rate"]
+        if abs(jump) >= DRIFT_ESCALATION_JUMP:
+            warnings.append(f"{repo}: escalation rate {before['escalation_rate']:.0%} -> "
+                            f"{after['escalation_rate']:.0%} week over week")
+        for kind in set(before["mix"]) | set(after["mix"]):
+            change = after["mix"].get(kind, 0.0) - before["mix"].get(kind, 0.0)
+            if abs(change) >= DRIFT_MIX_JUMP:
+                warnings.append(f"{repo}: share of '{kind}' decisions {before['mix'].get(kind, 0):.0%} -> "
+                                f"{after['mix'].get(kind, 0):.0%} week over week")
+    for warning in warnings:
+        log.warning("drift: %s", warning)
+    return warnings
