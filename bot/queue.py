@@ -169,6 +169,7 @@ class Worker:
         self.wake = asyncio.Event()
         self._running: dict[str, asyncio.Task] = {}  # ordering key -> task
         self._stopping = False
+        self._done_batch: list[tuple[asyncio.Future, str, float]] = []
 
     def resume(self) -> int:
         """Deliveries that were running when the process died go back to pending."""
@@ -272,11 +273,39 @@ class Worker:
                                 " next_attempt_at = ? WHERE id = ?",
                                 [attempts, error, time.time() + delay, delivery_id])
             return
-        self.db.execute("UPDATE deliveries SET status = 'done', finished_at = ?, attempts = attempts + 1 WHERE id = ?",
-                        [time.time(), delivery_id])
+        await self._mark_done(delivery_id)
         if self.metrics is not None:
             self.metrics.done.labels(row["event"]).inc()
             self.metrics.handler_latency.labels(row["event"]).observe(time.monotonic() - started)
+
+    def _mark_done(self, delivery_id: str) -> asyncio.Future:
+        """Mark a delivery done; the marks of deliveries finishing in the same loop iteration share one
+        commit. The returned future resolves once this delivery's mark is committed."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if not self._done_batch:
+            loop.call_soon(self._commit_done)
+        self._done_batch.append((future, delivery_id, time.time()))
+        return future
+
+    def _commit_done(self) -> None:
+        batch, self._done_batch = self._done_batch, []
+        if not batch:
+            return
+        conn = self.db.conn
+        try:
+            with conn:
+                conn.execute("BEGIN")
+                conn.executemany("UPDATE deliveries SET status = 'done', finished_at = ?, attempts = attempts + 1"
+                                 " WHERE id = ?", [(finished, delivery_id) for _f, delivery_id, finished in batch])
+        except Exception as exc:  # noqa: BLE001 - left 'running': resume() re-queues them after a restart
+            for future, _id, _t in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for future, _id, _t in batch:
+            if not future.done():
+                future.set_result(None)
 
     async def drain(self, timeout: float = 30.0) -> None:
         """Wait until nothing is pending or running (tests and the CLI use this)."""
