@@ -33,6 +33,11 @@ DEFAULTS: dict[str, Any] = {
         "protected_labels": ["security", "priority*"],
         "ask_for_missing": True,
         "canary": 0,
+        "candidate": {
+            "mode": "off",
+            "threshold": None,
+            "model_path": "",
+        },
     },
     "fallback": {
         "enabled": True,
@@ -168,7 +173,27 @@ def parse_repo_config(text: str | None) -> RepoConfig:
         return RepoConfig()
     warnings: list[str] = []
     values = _check(raw, DEFAULTS, "", warnings)
+    _check_candidate(values["triage"], warnings)
     return RepoConfig(values=values, warnings=warnings)
+
+
+CANDIDATE_MODES = ("off", "shadow", "canary")
+
+
+def _check_candidate(triage: dict[str, Any], warnings: list[str]) -> None:
+    """Values the shape check cannot judge: the candidate's mode, its threshold and the canary share."""
+    candidate = triage["candidate"]
+    if candidate["mode"] not in CANDIDATE_MODES:
+        warnings.append(f"triage.candidate.mode: expected one of {', '.join(CANDIDATE_MODES)}, got "
+                        f"{candidate['mode']!r}; using 'off'")
+        candidate["mode"] = "off"
+    threshold = candidate["threshold"]
+    if threshold is not None and not 0 <= threshold <= 1:
+        warnings.append(f"triage.candidate.threshold: {threshold} is not between 0 and 1; using null")
+        candidate["threshold"] = None
+    if not 0 <= triage["canary"] <= 100:
+        warnings.append(f"triage.canary: {triage['canary']} is not a percentage (0-100); using 0")
+        triage["canary"] = 0
 
 
 def _flag(value: str | None) -> bool:
@@ -193,6 +218,7 @@ class Settings:
     openai_api_key: str | None = None
     fallback_model: str = "gpt-4o-mini"
     local_model_path: str | None = None
+    candidate_model_dir: str | None = None
     worker_concurrency: int = 8
     max_attempts: int = 5
     write_spacing: float = 1.0
@@ -225,6 +251,7 @@ class Settings:
             openai_api_key=env.get("OPENAI_API_KEY") or None,
             fallback_model=env.get("FALLBACK_MODEL") or "gpt-4o-mini",
             local_model_path=env.get("LOCAL_MODEL_PATH") or None,
+            candidate_model_dir=env.get("CANDIDATE_MODEL_DIR") or None,
             write_spacing=float(env.get("WRITE_SPACING_SECONDS") or 1.0),
             schedule=not _flag(env.get("DISABLE_SCHEDULER")),
         )

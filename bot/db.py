@@ -115,21 +115,52 @@ SCHEMA_MODULES = [
 SCHEMAS: list[Callable[[sqlite_utils.Database], None]] = [_core_schema]
 
 
+def _connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, check_same_thread=False, timeout=30, isolation_level=None)
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+class Database(sqlite_utils.Database):
+    """sqlite-utils' Database with one connection per thread.
+
+    Model inference, embedding and retraining run in worker threads and log or store what they did;
+    with one shared connection, a thread's write could land inside (or commit) a transaction the event
+    loop has open. A connection per thread keeps every transaction its own; WAL lets them share the file.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._local = threading.local()
+        super().__init__(_connect(path))
+
+    @property  # type: ignore[override]
+    def conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = _connect(self._path)
+        return conn
+
+    @conn.setter
+    def conn(self, value: sqlite3.Connection) -> None:
+        self._local.conn = value
+
+
 def open_db(path: str, *, background_checkpoints: bool = False) -> sqlite_utils.Database:
     """Open (creating if needed) the database with WAL and every schema ensured.
 
     With ``background_checkpoints`` (the server), WAL checkpoints run in a thread with its own
     connection instead of inside whichever write on the event loop happens to cross the threshold.
     """
-    conn = sqlite3.connect(path, check_same_thread=False, timeout=30, isolation_level=None)
-    db = sqlite_utils.Database(conn)
-    if path != ":memory:":
+    if path == ":memory:":  # one connection: an in-memory database cannot be shared between connections
+        db = sqlite_utils.Database(_connect(path))
+    else:
+        db = Database(path)
         db.execute("PRAGMA journal_mode=WAL")
         if background_checkpoints:
             db.execute("PRAGMA wal_autocheckpoint=0")
             Checkpointer(path).start()
-    db.execute("PRAGMA synchronous=NORMAL")
-    db.execute("PRAGMA busy_timeout=30000")
     for schema in SCHEMAS:
         schema(db)
     for name in SCHEMA_MODULES:

@@ -303,7 +303,7 @@ async def on_reopened(event, gh, ctx) -> None:
 async def on_opened_after_triage(event, gh, ctx) -> None:
     """The fallback's decision on a new issue becomes an example (this router runs after triage's)."""
     row = ctx.db.execute("SELECT output FROM model_calls WHERE delivery_id = ? AND escalated = 1 "
-                         "ORDER BY id DESC LIMIT 1", [ctx.delivery_id]).fetchone()
+                         "AND tier NOT LIKE 'shadow:%' ORDER BY id DESC LIMIT 1", [ctx.delivery_id]).fetchone()
     if row is None:
         return
     output = json.loads(row[0] or "{}")
@@ -396,9 +396,8 @@ async def retrain(db: Any, repo: str, triage_config: dict[str, Any], models: Any
     if classifier is not None:
         save_classifier(db, repo, classifier)
         # The server's loader caches a classifier for a minute; drop ours so the next issue uses the new one.
-        cache = getattr(getattr(models, "_classifiers", None), "cache", None)
-        if cache is not None:
-            cache.pop(repo, None)
+        if models is not None and hasattr(models, "forget_classifier"):
+            models.forget_classifier(repo)
     state["trained"] = classifier is not None
     kv_set(db, _state_key(repo), state)
     log.info("retrained the classifier of %s on %d examples (threshold %.2f)", repo, len(examples), threshold,
@@ -495,8 +494,10 @@ def weekly_figures(db: Any, *, now: float | None = None, weeks: int = 2) -> dict
     rows = db.execute(
         "SELECT repo, issue, delivery_id, max(escalated), min(ts), "
         "  (SELECT json_extract(m2.output, '$.kind') FROM model_calls m2 WHERE m2.repo = m.repo "
-        "   AND m2.issue = m.issue AND m2.delivery_id = m.delivery_id ORDER BY m2.id DESC LIMIT 1) "
-        "FROM model_calls m WHERE ts >= ? AND ts < ? GROUP BY repo, issue, delivery_id", [start, now]).fetchall()
+        "   AND m2.issue = m.issue AND m2.delivery_id = m.delivery_id AND m2.tier NOT LIKE 'shadow:%' "
+        "   ORDER BY m2.id DESC LIMIT 1) "
+        "FROM model_calls m WHERE ts >= ? AND ts < ? AND tier NOT LIKE 'shadow:%' "
+        "GROUP BY repo, issue, delivery_id", [start, now]).fetchall()
     out: dict[str, list[dict[str, Any]]] = {}
     for repo, _issue, _delivery, escalated, ts, kind in rows:
         week = min(weeks - 1, int((ts - start) // WEEK))

@@ -20,6 +20,7 @@ from bot.core.plan import AddLabels, Comment, CreateLabel, marker
 from bot.core.sanitize import sanitize
 from bot.core.triage import decide
 from bot.db import has_flag, kv_get, kv_set
+from bot.features import shadow
 from bot.models.base import IssueText, Prediction
 
 log = logging.getLogger(__name__)
@@ -63,16 +64,18 @@ async def _cached_answer(ctx, issue: dict) -> Any:
         return None
 
 
-async def predict(ctx, issue: dict) -> Prediction | None:
-    """The cascade's decision, computed in a worker thread (inference never blocks intake)."""
+async def predict(ctx, issue: dict, *, cascade: Any = None, **options: Any) -> Prediction | None:
+    """The cascade's decision, computed in a worker thread (inference never blocks intake).
+
+    ``cascade`` and ``options`` (``threshold``, ``log_extra``) run a candidate setup instead (a canary)."""
     if ctx.models is None:
         return None
     text = IssueText.from_dict(issue, ctx.repo)
     started = time.perf_counter()
     prediction = await asyncio.to_thread(
-        ctx.models.predict, text, repo=ctx.repo, installation_id=ctx.installation_id,
+        (cascade or ctx.models).predict, text, repo=ctx.repo, installation_id=ctx.installation_id,
         delivery_id=ctx.delivery_id, triage_config=ctx.config.section("triage"),
-        fallback_config=ctx.config.section("fallback"))
+        fallback_config=ctx.config.section("fallback"), **options)
     metrics = getattr(ctx.services, "metrics", None)
     if metrics is not None:
         metrics.model_calls.labels(prediction.tier or "local").inc()
@@ -100,10 +103,20 @@ async def run_triage(ctx, issue: dict | int, *, actor: str | None = None, rerun:
         # A near-identical question was answered before: reuse it, no model call at all.
         prediction = Prediction(kind="question", confidence=1.0, tier="answer-cache", model="answer-cache",
                                 summary="", valid=True)
-    else:
+    setup = shadow.candidate_of(config) if ctx.models is not None else None  # a candidate setup to try
+    canary = False
+    decide_with = config
+    if cached is None and setup is not None and shadow.selected_for_canary(ctx.repo, number, config):
+        try:  # a canary issue: the candidate setup decides, and is applied
+            prediction = await predict(ctx, issue, **shadow.predict_kwargs(ctx, setup))
+            canary, decide_with = True, shadow.decide_config(config, setup)
+        except Exception:  # noqa: BLE001 - a broken candidate falls back to the current setup
+            log.exception("canary candidate failed; using the current setup",
+                          extra={"repo": ctx.repo, "delivery": ctx.delivery_id})
+    if cached is None and not canary:
         prediction = await predict(ctx, issue)
     no_ai = has_flag(ctx.db, ctx.repo, number, "no-ai")
-    plan = decide(issue, config, labels, prediction, duplicates, cached, repo=ctx.repo, no_ai=no_ai)
+    plan = decide(issue, decide_with, labels, prediction, duplicates, cached, repo=ctx.repo, no_ai=no_ai)
     needs_info = ctx.config.section("lifecycle")["needs_info"]
     asked = any(isinstance(action, Comment) for action in plan.actions)
     if plan.data.get("needs_info") and asked and needs_info.get("enabled", True):
@@ -115,6 +128,11 @@ async def run_triage(ctx, issue: dict | int, *, actor: str | None = None, rerun:
 
         comment_id = next((r.get("comment_id") for r in results if r["action"] == "Comment"), None)
         remember_reuse(ctx, number, cached, comment_id)
+    if setup is not None and cached is None and prediction is not None \
+            and (canary or setup["mode"] == "shadow"):
+        # After the plan is applied, so the experiment never delays the response nor changes it.
+        plan.data["canary"] = canary
+        await shadow.compare(ctx, issue, labels, config, setup, prediction, canary=canary)
     kv_set(ctx.db, f"triaged:{ctx.repo}#{number}", {"text": _text(issue), "at": time.time()})
     log.info("triaged #%s: %s", number, plan.reason, extra={"repo": ctx.repo, "delivery": ctx.delivery_id})
     return plan.data

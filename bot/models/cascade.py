@@ -6,12 +6,20 @@ nothing beyond the repo's own history with the bundled 135M model, see docs/benc
 the local output fails validation, the cascade escalates to the remote fallback, if one is configured,
 enabled, under its daily caps and its breaker is closed; otherwise the result is marked ``uncertain`` and
 the triage decision applies nothing uncertain. Every model call is logged to ``model_calls``.
+
+The threshold is the stricter of ``triage.threshold`` and the one the repo's last retrain chose (kv
+``learning:OWNER/NAME``): a learned threshold can only make the bot more careful than the maintainer asked.
+A candidate setup (``triage.candidate``, issue 8) runs through the same class: ``predict(threshold=...,
+log_as="shadow:", escalate=False)`` for a shadow run, :meth:`at_threshold` for a threshold-only candidate
+(no model call), :meth:`candidate` for another local GGUF.
 """
 from __future__ import annotations
 
 import inspect
 import logging
 import math
+import os
+import threading
 import time
 from dataclasses import replace
 from typing import Any, Callable
@@ -76,6 +84,11 @@ class Cascade:
         self.budget = budget or DailyBudget(db)
         self.llm_weight = llm_weight
         self.prompt = prompt or load_prompt("triage")
+        self.candidates: dict[str, Cascade] = {}
+        """Candidate cascades by GGUF path (see :meth:`candidate`); tests may put their own here."""
+        self.candidate_dirs: list[str] = []
+        """Directories a candidate GGUF may be loaded from (the server sets them; a repo's config cannot)."""
+        self._candidates_lock = threading.Lock()
 
     def classifier_for(self, repo: str) -> IssueClassifier | None:
         source = self._classifiers
@@ -87,24 +100,103 @@ class Cascade:
             raise TypeError("classifiers come from a loader; store the new one where it loads from")
         self._classifiers[repo] = classifier
 
+    def forget_classifier(self, repo: str) -> None:
+        """Drop the loader's cached classifier of ``repo`` so the next issue loads the one just stored.
+
+        A plain mapping holds what was set explicitly and is left alone."""
+        cache = getattr(self._classifiers, "cache", None)
+        if cache is not None:
+            cache.pop(repo, None)
+        for candidate in list(self.candidates.values()):
+            candidate.forget_classifier(repo)
+
+    # -- thresholds ------------------------------------------------------------------------------
+    def learned_threshold(self, repo: str) -> float | None:
+        """The threshold the repo's last successful retrain chose (kv ``learning:OWNER/NAME``), if any."""
+        if self.db is None or not repo:
+            return None
+        from bot.db import kv_get
+
+        try:
+            state = kv_get(self.db, f"learning:{repo}") or {}
+        except Exception:  # noqa: BLE001 - no kv table yet (a bare database): no learned threshold
+            return None
+        value = state.get("threshold")
+        if not state.get("trained", True) or not isinstance(value, (int, float)) or isinstance(value, bool):
+            return None  # a retrain that stored no classifier chose nothing the live tiers can use
+        return float(value)
+
+    def threshold_for(self, repo: str, triage_config: dict[str, Any] | None = None) -> float:
+        """``triage.threshold``, raised to the learned threshold when that is stricter (never lowered)."""
+        from bot.config import DEFAULTS
+
+        triage_config = triage_config or DEFAULTS["triage"]
+        threshold = float(triage_config.get("threshold", DEFAULTS["triage"]["threshold"]))
+        learned = self.learned_threshold(repo)
+        return max(threshold, learned) if learned is not None else threshold
+
+    # -- candidates ------------------------------------------------------------------------------
+    def candidate(self, model_path: str) -> "Cascade":
+        """A cascade like this one with another local GGUF (loaded once, then cached).
+
+        The path comes from a repository's config, so it must name a ``.gguf`` file inside one of
+        :attr:`candidate_dirs` (server-side); anything else raises ``ValueError``."""
+        with self._candidates_lock:
+            if model_path in self.candidates:
+                return self.candidates[model_path]
+            real = os.path.realpath(model_path)
+            allowed = [os.path.realpath(d) for d in self.candidate_dirs if d]
+            if not real.endswith(".gguf") or not any(os.path.commonpath([real, d]) == d for d in allowed):
+                raise ValueError(f"candidate model {model_path!r} is not a .gguf file in an allowed directory")
+            from bot.models.local import LocalModel
+
+            cascade = Cascade(local=LocalModel(real), remote=self.remote, classifiers=self._classifiers, db=self.db,
+                              budget=self.budget, llm_weight=self.llm_weight, prompt=self.prompt)
+            self.candidates[model_path] = cascade
+            return cascade
+
+    def at_threshold(self, decided: Prediction, threshold: float) -> Prediction:
+        """What this cascade would have decided at another ``threshold``, from a decision it made: no model
+        call. The local prediction is reused; when it is below ``threshold`` the outcome is the one the
+        decision already had on its escalation path, or - if it had accepted the local answer - a would-be
+        escalation (``raw["would_escalate"]``; the fallback is never called for a comparison)."""
+        local: Prediction = decided.raw.get("local_prediction") or decided
+        used = float(decided.raw.get("threshold", threshold))
+        accepted_before = local.valid and local.confidence >= used
+        if local.valid and local.confidence >= threshold:
+            out = replace(local, uncertain=False, escalated=False, reason="")
+        elif not accepted_before:
+            out = replace(decided)  # the same escalation path, the same outcome
+        elif self.remote is None:
+            out = replace(local, uncertain=True, reason=f"confidence {local.confidence:.2f} < {threshold:.2f}; "
+                                                        "no fallback configured")
+        else:
+            out = replace(local, uncertain=True, reason=f"confidence {local.confidence:.2f} < {threshold:.2f}; "
+                                                        "would escalate (not called)")
+            out.raw = {**local.raw, "would_escalate": True}
+            return out
+        out.raw = {**out.raw, "threshold": threshold}
+        return out
+
     # -- logging ---------------------------------------------------------------------------------
     def _log(self, prediction: Prediction, *, repo: str, issue_number: int | None, delivery_id: str,
              installation_id: int | None, escalated: bool = False, reason: str = "",
-             uses_prompt: bool = True) -> None:
+             uses_prompt: bool = True, log_as: str = "", log_extra: dict[str, Any] | None = None) -> None:
         if self.db is None:
             return
         from bot.db import log_model_call
 
         try:
             log_model_call(
-                self.db, delivery_id=delivery_id, repo=repo, issue=issue_number, tier=prediction.tier,
+                self.db, delivery_id=delivery_id, repo=repo, issue=issue_number,
+                tier=log_as + (prediction.tier or ""),
                 model=prediction.model, prompt_name=self.prompt.name if uses_prompt else None,
                 prompt_sha256=self.prompt.sha256 if uses_prompt else None,
                 input_tokens=prediction.input_tokens, output_tokens=prediction.output_tokens,
                 latency_ms=round(prediction.latency_ms, 2), cost_usd=prediction.cost_usd,
                 escalated=int(escalated), reason=reason, installation_id=installation_id,
                 output={"kind": prediction.kind, "confidence": round(prediction.confidence, 4),
-                        "valid": prediction.valid},
+                        "valid": prediction.valid, **(log_extra or {})},
             )
         except Exception:  # the call log must never break triage
             log.exception("could not log a model call", extra={"repo": repo, "issue": issue_number})
@@ -152,34 +244,47 @@ class Cascade:
 
     def predict(self, issue: IssueText, *, repo: str = "", installation_id: int = 0, delivery_id: str = "",
                 triage_config: dict[str, Any] | None = None, fallback_config: dict[str, Any] | None = None,
-                ) -> Prediction:
-        """The cascade's decision for one issue (sync: run it in a worker thread)."""
+                threshold: float | None = None, escalate: bool = True, log_as: str = "",
+                log_extra: dict[str, Any] | None = None) -> Prediction:
+        """The cascade's decision for one issue (sync: run it in a worker thread).
+
+        ``threshold`` replaces the usual one (:meth:`threshold_for`), for a candidate; ``escalate=False``
+        never calls the fallback (a shadow run: a would-be escalation is ``uncertain`` with
+        ``raw["would_escalate"]``); ``log_as`` prefixes the logged tiers and ``log_extra`` is added to each
+        logged ``output``. The result's ``raw`` carries ``local_prediction`` and ``threshold``."""
         from bot.config import DEFAULTS
 
         repo = repo or issue.repo
         triage_config = triage_config or DEFAULTS["triage"]
         fallback_config = fallback_config or DEFAULTS["fallback"]
-        threshold = float(triage_config.get("threshold", DEFAULTS["triage"]["threshold"]))
+        threshold = self.threshold_for(repo, triage_config) if threshold is None else float(threshold)
         log_fields = {"issue_number": issue.number, "delivery_id": delivery_id,
-                      "installation_id": installation_id}
+                      "installation_id": installation_id, "log_as": log_as, "log_extra": log_extra}
         started = time.perf_counter()
         want_summary = triage_config.get("summary", "extractive") == "model"
         local = self.local_prediction(issue, repo=repo, want_summary=want_summary, **log_fields)
+        notes = {"local_prediction": local, "threshold": threshold}
         if local.valid and local.confidence >= threshold:
-            return replace(local, latency_ms=(time.perf_counter() - started) * 1000)
+            return replace(local, latency_ms=(time.perf_counter() - started) * 1000, raw={**local.raw, **notes})
         why = (f"confidence {local.confidence:.2f} < {threshold:.2f}" if local.valid
                else (local.reason or "invalid local output"))
+        if not escalate and self.remote is not None:
+            return replace(local, uncertain=True, reason=f"{why}; would escalate (not called)",
+                           latency_ms=(time.perf_counter() - started) * 1000,
+                           raw={**local.raw, **notes, "would_escalate": True})
         outcome = self._escalate(issue, repo=repo, why=why, fallback_config=fallback_config, **log_fields)
         if isinstance(outcome, Prediction):
             # Keep the local summary if the big model gave none.
             outcome.summary = outcome.summary or local.summary
             outcome.latency_ms = (time.perf_counter() - started) * 1000
+            outcome.raw = {**(outcome.raw or {}), **notes}
             return outcome
         return replace(local, uncertain=True, reason=f"{why}; {outcome}",
-                       latency_ms=(time.perf_counter() - started) * 1000)
+                       latency_ms=(time.perf_counter() - started) * 1000, raw={**local.raw, **notes})
 
     def _escalate(self, issue: IssueText, *, repo: str, why: str, fallback_config: dict[str, Any],
-                  issue_number: int | None, delivery_id: str, installation_id: int) -> Prediction | str:
+                  issue_number: int | None, delivery_id: str, installation_id: int, log_as: str = "",
+                  log_extra: dict[str, Any] | None = None) -> Prediction | str:
         """The remote prediction, or the reason there is none."""
         if self.remote is None:
             return "no fallback configured"
@@ -196,12 +301,13 @@ class Cascade:
                                 input_tokens=exc.input_tokens, output_tokens=exc.output_tokens,
                                 cost_usd=exc.cost_usd, reason=exc.reason)
             self._log(failed, repo=repo, issue_number=issue_number, delivery_id=delivery_id,
-                      installation_id=installation_id, escalated=True, reason=f"{why}; {exc.reason}")
+                      installation_id=installation_id, escalated=True, reason=f"{why}; {exc.reason}",
+                      log_as=log_as, log_extra=log_extra)
             self.budget.record(installation_id, exc.cost_usd)
             return f"fallback failed: {exc.reason}"
         prediction.escalated = True
         prediction.reason = why
         self._log(prediction, repo=repo, issue_number=issue_number, delivery_id=delivery_id,
-                  installation_id=installation_id, escalated=True, reason=why)
+                  installation_id=installation_id, escalated=True, reason=why, log_as=log_as, log_extra=log_extra)
         self.budget.record(installation_id, prediction.cost_usd)
         return prediction

@@ -42,7 +42,10 @@ def build_cascade(settings: Any, db: Any, *, metrics: Any = None, local: Model |
     remote = RemoteModel.from_settings(settings)
     if remote is None:
         log.info("no OPENAI_API_KEY: no fallback; the bot acts only on what the local tier is sure of")
-    return Cascade(local=local, remote=remote, classifiers=classifier_loader(db), db=db)
+    cascade = Cascade(local=local, remote=remote, classifiers=classifier_loader(db), db=db)
+    # A repo's `triage.candidate.model_path` may only name a GGUF the operator put here (CANDIDATE_MODEL_DIR).
+    cascade.candidate_dirs = [d for d in (getattr(settings, "candidate_model_dir", None),) if d]
+    return cascade
 
 
 def wrap(model: Any, db: Any) -> Cascade:
