@@ -64,17 +64,21 @@ async def _cached_answer(ctx, issue: dict) -> Any:
         return None
 
 
-async def predict(ctx, issue: dict, *, cascade: Any = None, **options: Any) -> Prediction | None:
+async def predict(ctx, issue: dict, *, cascade: Any = None, summary: str | None = None,
+                  **options: Any) -> Prediction | None:
     """The cascade's decision, computed in a worker thread (inference never blocks intake).
 
     ``cascade`` and ``options`` (``threshold``, ``log_extra``) run a candidate setup instead (a canary)."""
     if ctx.models is None:
         return None
     text = IssueText.from_dict(issue, ctx.repo)
+    triage_config = ctx.config.section("triage")
+    if summary is not None:
+        triage_config = {**triage_config, "summary": summary}
     started = time.perf_counter()
     prediction = await asyncio.to_thread(
         (cascade or ctx.models).predict, text, repo=ctx.repo, installation_id=ctx.installation_id,
-        delivery_id=ctx.delivery_id, triage_config=ctx.config.section("triage"),
+        delivery_id=ctx.delivery_id, triage_config=triage_config,
         fallback_config=ctx.config.section("fallback"), **options)
     metrics = getattr(ctx.services, "metrics", None)
     if metrics is not None:
@@ -171,7 +175,7 @@ async def summarize(ctx, issue_number: int) -> str:
         parts.append(f"{comment['user']['login']}: {comment.get('body') or ''}")
     thread = {"number": issue_number, "title": issue.get("title") or "", "body": "\n\n".join(parts),
               "user": issue.get("user") or {}}
-    prediction = await predict(ctx, thread)
+    prediction = await predict(ctx, thread, summary="model")  # asked for explicitly: the model writes it
     summary = (prediction.summary if prediction is not None else "").strip()
     if not summary:
         text = "I could not summarise this thread with confidence, so I won't guess."
