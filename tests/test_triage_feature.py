@@ -100,3 +100,18 @@ async def test_triage_disabled_in_config_does_nothing(bot, standin, fake_model):
     standin.put_file(REPO, ".github/first-responder.yml", "triage:\n  enabled: false\n")
     issue = await _open(bot, standin, "Crash", "boom")
     assert fake_model.calls == [] and _bot_comments(standin, issue["number"]) == []
+
+
+async def test_summarize_command_posts_one_thread_summary_and_refreshes_it(bot, standin, fake_model):
+    fake_model.default = Prediction(kind="bug", confidence=0.95, summary="Saving crashes; a fix is being tested.")
+    issue = standin.add_issue(REPO, "Crash when saving", "It crashes when I save.")
+    for i in range(3):
+        standin.add_comment(REPO, issue["number"], f"Still happening ({i})", user="bob")
+    comment = standin.add_comment(REPO, issue["number"], "/summarize", user="bob")
+    await bot.send("issue_comment", event_payload("issue_comment.created", issue=standin.issue(REPO, issue["number"]),
+                                                  comment=comment, sender="bob"))
+    await bot.drain()
+    summaries = [c for c in _bot_comments(standin, issue["number"]) if "Summary of this thread" in c["body"]]
+    assert len(summaries) == 1 and "a fix is being tested" in summaries[0]["body"]
+    asked = fake_model.calls[-1]
+    assert "Still happening (2)" in asked.body  # the whole thread, not just the issue body
