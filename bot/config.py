@@ -21,7 +21,7 @@ DEFAULTS: dict[str, Any] = {
         "enabled": True,
         "comment": True,
         "summary": "extractive",
-        "threshold": 0.85,
+        "threshold": 0.93,
         "labels": {
             "bug": "bug",
             "feature": "enhancement",

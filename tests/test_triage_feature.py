@@ -44,7 +44,7 @@ async def test_unsure_model_applies_only_needs_triage(bot, standin, fake_model):
 
 
 async def test_bug_missing_essentials_asks_the_author_and_starts_needs_info(bot, standin, fake_model):
-    fake_model.queue({"kind": "bug", "confidence": 0.9, "summary": "Export does nothing."})
+    fake_model.queue({"kind": "bug", "confidence": 0.96, "summary": "Export does nothing."})
     issue = await _open(bot, standin, "Export broken", "It doesn't work anymore.", user="eli")
     assert "needs-info" in _labels(standin, issue["number"])
     [comment] = _bot_comments(standin, issue["number"])
