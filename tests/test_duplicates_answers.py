@@ -26,7 +26,7 @@ async def test_a_seeded_near_duplicate_is_found_and_mentioned(bot, standin, fake
                 created_at="2024-01-02T00:00:00Z")
     dup = await _open(bot, standin, "Internal compiler error: panic in borrowck for closure returning reference",
                       "borrowck panicked: assertion failed: region_scope_tree when a closure returns a "
-                      "reference to a captured vector")
+                      "reference to a captured vector", created_at="2024-01-03T00:00:00Z")
     [comment] = _bot_comments(standin, dup["number"])
     assert f"#{original['number']}" in comment["body"]
     assert "Possibly related" in comment["body"]

