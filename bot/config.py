@@ -275,3 +275,14 @@ class Settings:
             load_pem_private_key(self.private_key.encode(), password=None)
         except (ValueError, TypeError):
             raise ConfigError("GITHUB_PRIVATE_KEY does not parse as a PEM private key") from None
+
+
+def cli_settings(command: str) -> "Settings | None":
+    """Settings for a CLI command that talks to GitHub, or None after saying which variable is missing."""
+    import sys
+
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
+        return None

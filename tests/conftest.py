@@ -5,7 +5,6 @@ One stand-in for every test (bedevere gave each test file its own fake GitHub; w
 """
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 import socket

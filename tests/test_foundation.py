@@ -3,13 +3,8 @@ GitHub hygiene (retries, rate limits), dry run, audit log, installations, config
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
-import json
 import time
 
-import pytest
-from aiohttp import web
 from gidgethub.routing import Router
 
 from bot.actions import apply

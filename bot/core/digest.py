@@ -25,6 +25,7 @@ from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from bot.core.lifecycle import parse_time
 from bot.core.plan import marker
 
 REACTION_WEIGHTS: dict[str, float] = {
@@ -49,14 +50,7 @@ _REACTION_EMOJI = {"+1": "👍", "heart": "❤️", "hooray": "🎉", "rocket": 
                    "-1": "👎", "confused": "😕"}
 
 
-def _time(value: str | datetime | None) -> datetime | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, datetime):
-        parsed = value
-    else:
-        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+_time = parse_time  # GitHub's ISO 8601 timestamps; one parser for every core module
 
 
 @dataclass(frozen=True)

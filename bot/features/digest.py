@@ -667,7 +667,7 @@ async def scheduled_digest(services, repo: str, installation_id: int, *, now: da
 async def digest_main(argv: list[str]) -> int:
     """`python -m bot digest OWNER/NAME [--week YYYY-Www] [--dry-run]`."""
     from bot.app import Services
-    from bot.config import ConfigError, Settings
+    from bot.config import cli_settings
     from bot.features.index import _installation_for
 
     parser = argparse.ArgumentParser(prog="python -m bot digest",
@@ -683,10 +683,8 @@ async def digest_main(argv: list[str]) -> int:
             core.week_bounds(args.week)
         except ValueError as exc:
             parser.error(str(exc))
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        print(f"digest: {exc}", file=sys.stderr)
+    settings = cli_settings("digest")
+    if settings is None:
         return 2
     services = Services(settings)
     await services.start()

@@ -122,16 +122,14 @@ async def _installation_for(services, repo: str) -> int:
 async def backfill_main(argv: list[str]) -> int:
     """`python -m bot backfill OWNER/NAME [--full]`."""
     from bot.app import Services
-    from bot.config import ConfigError, Settings
+    from bot.config import cli_settings
 
     parser = argparse.ArgumentParser(prog="python -m bot backfill")
     parser.add_argument("repo", help="OWNER/NAME")
     parser.add_argument("--full", action="store_true", help="start over instead of fetching only what changed")
     args = parser.parse_args(argv)
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        print(f"backfill: {exc}", file=sys.stderr)
+    settings = cli_settings("backfill")
+    if settings is None:
         return 2
     services = Services(settings)
     await services.start()

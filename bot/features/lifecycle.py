@@ -608,17 +608,15 @@ async def sweep_main(argv: list[str]) -> int:
     """``python -m bot sweep [OWNER/NAME] [--dry-run]``: sweep one or every installed repository and
     print what was done (or, with ``--dry-run``, what would be)."""
     from bot.app import Services
-    from bot.config import ConfigError
+    from bot.config import cli_settings
 
     parser = argparse.ArgumentParser(prog="python -m bot sweep",
                                      description="Run the needs-info/stale sweep now and print what it did.")
     parser.add_argument("repo", nargs="?", help="OWNER/NAME (default: every installed repository)")
     parser.add_argument("--dry-run", action="store_true", help="write nothing; print what would be done")
     args = parser.parse_args(argv)
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        print(f"sweep: {exc}", file=sys.stderr)
+    settings = cli_settings("sweep")
+    if settings is None:
         return 2
     if args.dry_run:
         settings.dry_run = True

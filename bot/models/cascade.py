@@ -26,7 +26,6 @@ from typing import Any, Callable
 
 from bot.models.base import (
     KINDS,
-    TIER_CLASSIFIER,
     TIER_COMBINED,
     TIER_LOCAL,
     IssueText,
