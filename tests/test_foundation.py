@@ -380,3 +380,18 @@ def test_queue_and_audit_cli(tmp_path):
     assert out.returncode == 0 and "Comment" in out.stdout and "dry-run" in out.stdout
     assert "Comment" not in run("audit", "--repo", "other/repo").stdout
     assert "Comment" not in run("audit", "--since", "2999-01-01").stdout
+
+
+def test_every_cli_command_is_documented_in_the_readme():
+    from pathlib import Path
+
+    from bot.__main__ import COMMANDS
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    undocumented = [name for name in COMMANDS if f"python -m bot {name}" not in readme]
+    assert undocumented == []
+    assert readme.splitlines()[2:5] == [
+        "make demo   # triage the sample issues with the bundled local model: no GitHub account, no network",
+        "make test   # create .venv, install with test extras, run the whole suite",
+        "make serve  # create .venv, install, run the webhook server (needs the variables below)",
+    ]
