@@ -390,7 +390,7 @@ def test_every_cli_command_is_documented_in_the_readme():
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     undocumented = [name for name in COMMANDS if f"python -m bot {name}" not in readme]
     assert undocumented == []
-    assert readme.splitlines()[2:5] == [
+    assert readme.splitlines()[3:6] == [
         "make demo   # triage the sample issues with the bundled local model: no GitHub account, no network",
         "make test   # create .venv, install with test extras, run the whole suite",
         "make serve  # create .venv, install, run the webhook server (needs the variables below)",
