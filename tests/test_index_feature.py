@@ -6,6 +6,7 @@ import pytest
 
 from bot.features.index import backfill
 from bot.index import store
+from bot.models.base import IssueText
 from tests.conftest import REPO, event_payload
 
 
@@ -88,3 +89,23 @@ async def test_template_text_is_stripped_before_indexing(bot, standin):
     assert "Steps to reproduce" not in row["search_body"]
     assert "searched existing issues" not in row["search_body"]
     assert "run it twice" in row["search_body"]
+
+
+async def test_installing_the_app_backfills_and_trains_the_repo_classifier(bot, standin):
+    from bot.features.index import on_repo_added
+    from bot.models.classifier import load_classifier
+
+    words = {"bug": ("crash", "error", "traceback", "fails", "broken"),
+             "enhancement": ("add", "support", "option", "would be nice", "request"),
+             "question": ("how do I", "is it possible", "why does", "what is", "help")}
+    for label, phrases in words.items():
+        for i in range(25):
+            phrase = phrases[i % len(phrases)]
+            standin.add_issue(REPO, f"{phrase} {label} case {i}", f"{phrase} in module {i} {label}", labels=(label,),
+                              state="closed", state_reason="completed")
+    await bot.services.start()
+    await on_repo_added(bot.services, REPO, 1)
+    assert bot.db.execute("SELECT count(*) FROM issues").fetchone()[0] == 75
+    classifier = load_classifier(bot.db, REPO)
+    assert classifier is not None and classifier.usable()
+    assert classifier.predict(IssueText("error crash traceback", "it fails", REPO)).kind == "bug"

@@ -135,13 +135,15 @@ async def backfill_main(argv: list[str]) -> int:
     await services.start()
     try:
         installation_id = await _installation_for(services, args.repo)
-        gh = await services.github.for_installation(installation_id)
-        result = await backfill(gh, services.db, args.repo, progress=_bar, full=args.full)
+        ctx = await services.context_for(args.repo, installation_id, "cli-backfill")
+        result = await backfill(ctx.gh, services.db, args.repo, progress=_bar, full=args.full)
+        trained = await train_from_history(services.db, args.repo, ctx.config.section("triage"))
     finally:
         await services.close()
     sys.stderr.write("\n")
     print(f"{result['repo']}: {result['fetched']} issues fetched in {result['pages']} pages, "
-          f"{result['indexed']} indexed, {result['embedded']} embedded")
+          f"{result['indexed']} indexed, {result['embedded']} embedded; classifier "
+          f"{'trained on ' + str(trained.get('examples')) + ' labelled issues' if trained and trained.get('trained') else 'not trained (too little labelled history)'}")
     return 0
 
 
@@ -185,11 +187,28 @@ async def on_comment(event, gh, ctx):
 async def on_repo_added(services, repo: str, installation_id: int) -> None:
     """Backfill a newly installed repository in the background."""
     try:
-        gh = await services.github.for_installation(installation_id)
-        result = await backfill(gh, services.db, repo)
+        ctx = await services.context_for(repo, installation_id, f"backfill-{repo}")
+        result = await backfill(ctx.gh, services.db, repo)
         log.info("backfill %s finished: %s", repo, result, extra={"repo": repo})
     except Exception:  # noqa: BLE001 - logged; the next install event or CLI run resumes
         log.exception("backfill %s failed; it resumes from the last page on the next run", repo)
+        return
+    await train_from_history(services.db, repo, ctx.config.section("triage"), services.models)
+
+
+async def train_from_history(db, repo: str, triage_config: dict, models=None) -> dict | None:
+    """Train the repo's classifier on its labelled history right after a backfill, so the learned tier
+    is there from the first new issue instead of after the first 20 label events."""
+    from bot.features.learning import retrain
+
+    try:
+        state = await retrain(db, repo, triage_config, models)
+    except Exception:  # noqa: BLE001 - the LLM tier still works without a classifier
+        log.exception("training the classifier of %s failed", repo, extra={"repo": repo})
+        return None
+    log.info("classifier of %s: %s on %s examples", repo, "trained" if state.get("trained") else "not enough "
+             "labelled history yet", state.get("examples"), extra={"repo": repo})
+    return state
 
 
 def forget(repo: str) -> None:
