@@ -236,3 +236,13 @@ def test_models_compare_prints_agreement_and_accuracy(tmp_path, capsys):
     assert "escalation rate" in out and "latency p50 ms" in out and "cost $" in out
     assert report.main(["compare", "--repo", "nobody/here", "--db", path]) == 0
     assert "no shadow or canary comparisons" in capsys.readouterr().out
+
+
+def test_too_little_held_back_history_keeps_the_configured_threshold(bot):
+    from bot.db import kv_set
+
+    cascade = bot.services.models
+    kv_set(bot.db, f"learning:{REPO}", {"threshold": 1.0, "trained": True, "insufficient": True})
+    assert cascade.threshold_for(REPO, {"threshold": 0.93}) == 0.93
+    kv_set(bot.db, f"learning:{REPO}", {"threshold": 1.0, "trained": True, "insufficient": False})
+    assert cascade.threshold_for(REPO, {"threshold": 0.93}) == 1.0  # judged, and not good enough: escalate

@@ -193,7 +193,7 @@ def fit_with_threshold(issues: Sequence[IssueText], kinds: Sequence[str], weight
     """
     train_idx = [i for i, held in enumerate(validation) if not held]
     held_idx = [i for i, held in enumerate(validation) if held]
-    threshold, details = 1.0, {"validation": len(held_idx)}
+    threshold, details = 1.0, {"validation": len(held_idx), "insufficient": True}
     probe = train_weighted([issues[i] for i in train_idx], [kinds[i] for i in train_idx],
                            [weights[i] for i in train_idx], repo=repo, seed=seed) if held_idx else None
     if probe is not None and probe.usable():
@@ -202,6 +202,10 @@ def fit_with_threshold(issues: Sequence[IssueText], kinds: Sequence[str], weight
         confidences = [p[k] for p, k in zip(probs, best)]
         correct = [k == kinds[i] for k, i in zip(best, held_idx)]
         threshold = choose_threshold(confidences, correct, target=target, min_confident=min_confident)
+        # Too few held-back decisions to judge any threshold is not evidence against the classifier:
+        # the live bot then keeps the configured threshold (chosen on development data) instead of 1.0.
+        lowest = min(THRESHOLD_GRID)
+        details["insufficient"] = sum(1 for conf in confidences if conf >= lowest) < min_confident
         covered = [ok for conf, ok in zip(confidences, correct) if conf >= threshold]
         details.update(coverage=len(covered) / len(held_idx),
                        precision=(sum(covered) / len(covered)) if covered else None)

@@ -123,6 +123,8 @@ class Cascade:
         value = state.get("threshold")
         if not state.get("trained", True) or not isinstance(value, (int, float)) or isinstance(value, bool):
             return None  # a retrain that stored no classifier chose nothing the live tiers can use
+        if state.get("insufficient"):
+            return None  # too little held-back history to judge: the configured threshold stands
         return float(value)
 
     def threshold_for(self, repo: str, triage_config: dict[str, Any] | None = None) -> float:
