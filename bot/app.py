@@ -144,6 +144,24 @@ class Services:
             found = found or item["full_name"] == repo
         return found
 
+    async def installation_for(self, repo: str) -> int:
+        """The installation id for ``repo``: recorded from webhooks, else asked of GitHub with the App JWT."""
+        row = self.db.execute("SELECT installation_id FROM installations WHERE repo = ?", [repo]).fetchone()
+        if row:
+            return row[0]
+        from bot.github import USER_AGENT, GitHubAPI
+
+        await self.start()
+        app_gh = GitHubAPI(self.session, USER_AGENT, base_url=self.settings.api_url,
+                           app_id=self.settings.app_id, private_key=self.settings.private_key)
+        data = await app_gh.getitem(f"/repos/{repo}/installation")
+        return data["id"]
+
+    async def cli_context(self, repo: str, delivery_id: str) -> Context:
+        """A handler context for a CLI command acting on one repository (backfill, digest)."""
+        await self.start()
+        return await self.context_for(repo, await self.installation_for(repo), delivery_id)
+
     async def context_for(self, repo: str, installation_id: int, delivery_id: str) -> Context:
         await self.start()
         gh = await self.github.for_installation(installation_id)

@@ -15,12 +15,10 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bot.app import Services, create_app, signature_for
 from bot.config import Settings
-from tests.standin import GitHubStandIn
+from tests.standin import GitHubStandIn, generate_app_key
 
 DATA = Path(__file__).parent / "data"
 WEBHOOKS = DATA / "webhooks"
@@ -33,12 +31,7 @@ SECRET = "test-webhook-secret"
 @pytest.fixture(scope="session")
 def app_key() -> tuple[str, str]:
     """(private PEM, public PEM) made for this test run; the stand-in verifies JWTs with it."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption()).decode()
-    public = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    return private, public
+    return generate_app_key()
 
 
 @pytest.fixture

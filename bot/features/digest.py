@@ -668,7 +668,6 @@ async def digest_main(argv: list[str]) -> int:
     """`python -m bot digest OWNER/NAME [--week YYYY-Www] [--dry-run]`."""
     from bot.app import Services
     from bot.config import cli_settings
-    from bot.features.index import _installation_for
 
     parser = argparse.ArgumentParser(prog="python -m bot digest",
                                      description="Print (--dry-run) or post the weekly digest of a repository.")
@@ -687,10 +686,8 @@ async def digest_main(argv: list[str]) -> int:
     if settings is None:
         return 2
     services = Services(settings)
-    await services.start()
     try:
-        installation_id = await _installation_for(services, args.repo)
-        ctx = await services.context_for(args.repo, installation_id, "cli-digest")
+        ctx = await services.cli_context(args.repo, "cli-digest")
         if args.dry_run:
             _title, markdown, _label = await build_digest(ctx, args.week)
             print(markdown)

@@ -107,18 +107,6 @@ def _bar(done: int, total: int | None, rate: float) -> None:
     sys.stderr.flush()
 
 
-async def _installation_for(services, repo: str) -> int:
-    row = services.db.execute("SELECT installation_id FROM installations WHERE repo = ?", [repo]).fetchone()
-    if row:
-        return row[0]
-    from bot.github import GitHubAPI, USER_AGENT
-
-    app_gh = GitHubAPI(services.session, USER_AGENT, base_url=services.settings.api_url,
-                       app_id=services.settings.app_id, private_key=services.settings.private_key)
-    data = await app_gh.getitem(f"/repos/{repo}/installation")
-    return data["id"]
-
-
 async def backfill_main(argv: list[str]) -> int:
     """`python -m bot backfill OWNER/NAME [--full]`."""
     from bot.app import Services
@@ -132,10 +120,8 @@ async def backfill_main(argv: list[str]) -> int:
     if settings is None:
         return 2
     services = Services(settings)
-    await services.start()
     try:
-        installation_id = await _installation_for(services, args.repo)
-        ctx = await services.context_for(args.repo, installation_id, "cli-backfill")
+        ctx = await services.cli_context(args.repo, "cli-backfill")
         result = await backfill(ctx.gh, services.db, args.repo, progress=_bar, full=args.full)
         trained = await train_from_history(services.db, args.repo, ctx.config.section("triage"))
     finally:
