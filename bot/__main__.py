@@ -99,6 +99,17 @@ def queue_main(argv: list[str]) -> int:
     return 0
 
 
+def parse_since(parser: argparse.ArgumentParser, value: str | None) -> float | None:
+    """`--since YYYY-MM-DD` (UTC) as a UNIX time; a bad date is a usage error naming the format."""
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value).replace(tzinfo=timezone.utc).timestamp()
+    except ValueError:
+        parser.error("--since takes a date like 2026-01-31")
+    return None
+
+
 def audit_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bot audit")
     parser.add_argument("--repo")
@@ -109,11 +120,8 @@ def audit_main(argv: list[str]) -> int:
     if args.repo:
         sql += " AND repo = ?"
         params.append(args.repo)
-    if args.since:
-        try:
-            since = datetime.fromisoformat(args.since).replace(tzinfo=timezone.utc).timestamp()
-        except ValueError:
-            parser.error("--since takes a date like 2026-01-31")
+    since = parse_since(parser, args.since)
+    if since is not None:
         sql += " AND ts >= ?"
         params.append(since)
     rows = list(_db().query(sql + " ORDER BY id", params))

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from _npm import packed_json  # scripts/_npm.py, beside this script
 
 PACKAGE = "@octokit/openapi"
 SPEC_IN_PACKAGE = "package/generated/api.github.com.json"
@@ -137,14 +137,7 @@ def trim(spec: dict) -> dict:
 
 def fetch(version: str | None, workdir: Path) -> tuple[dict, str]:
     """`npm pack` the package into workdir and return (spec, exact package version)."""
-    spec_name = f"{PACKAGE}@{version}" if version else PACKAGE
-    result = subprocess.run(["npm", "pack", spec_name, "--json", "--silent"], cwd=workdir,
-                            check=True, capture_output=True, text=True)
-    packed = json.loads(result.stdout)[0]
-    with tarfile.open(workdir / packed["filename"]) as tar:
-        member = tar.extractfile(SPEC_IN_PACKAGE)
-        assert member is not None, SPEC_IN_PACKAGE
-        return json.load(member), packed["version"]
+    return packed_json(PACKAGE, SPEC_IN_PACKAGE, version, workdir)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,12 +18,12 @@ import argparse
 import base64
 import copy
 import json
-import subprocess
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
 from typing import Callable
+
+from _npm import packed_json  # scripts/_npm.py, beside this script
 
 PACKAGE = "@octokit/webhooks-examples"
 EXAMPLES_IN_PACKAGE = "package/api.github.com/index.json"
@@ -100,14 +100,7 @@ def build(events: list[dict]) -> tuple[dict[str, dict], list[str]]:
 
 def fetch(version: str | None, workdir: Path) -> tuple[list[dict], str]:
     """`npm pack` the package into workdir and return (examples index, exact package version)."""
-    spec_name = f"{PACKAGE}@{version}" if version else PACKAGE
-    result = subprocess.run(["npm", "pack", spec_name, "--json", "--silent"], cwd=workdir,
-                            check=True, capture_output=True, text=True)
-    packed = json.loads(result.stdout)[0]
-    with tarfile.open(workdir / packed["filename"]) as tar:
-        member = tar.extractfile(EXAMPLES_IN_PACKAGE)
-        assert member is not None, EXAMPLES_IN_PACKAGE
-        return json.load(member), packed["version"]
+    return packed_json(PACKAGE, EXAMPLES_IN_PACKAGE, version, workdir)
 
 
 README = """# Webhook payloads used by the tests

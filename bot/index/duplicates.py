@@ -190,6 +190,18 @@ def _document_frequency(db: sqlite_utils.Database, terms: Sequence[str]) -> dict
         return {t: cache.get(t, found.get(t, 0)) for t in terms}
 
 
+def _visible(prefix: str, before: str | None, exclude: int | None) -> tuple[str, list]:
+    """SQL that keeps only what the query issue could have seen: earlier issues, never itself."""
+    where, params = "", []
+    if before:
+        where += f" AND {prefix}created_at < ?"
+        params.append(before)
+    if exclude is not None:
+        where += f" AND {prefix}number != ?"
+        params.append(exclude)
+    return where, params
+
+
 def bm25_candidates(
     db: sqlite_utils.Database, repo: str, title: str, search_body: str, before: str | None = None,
     exclude: int | None = None, limit: int = POOL, with_columns: bool = False,
@@ -211,14 +223,9 @@ def bm25_candidates(
     ).fetchall()
     if hits:
         marks = ",".join("?" * len(hits))
-        sql = f"SELECT rowid, number FROM issues WHERE rowid IN ({marks}) AND repo = ?"
-        params: list = [h[0] for h in hits] + [repo]
-        if before:
-            sql += " AND created_at < ?"
-            params.append(before)
-        if exclude is not None:
-            sql += " AND number != ?"
-            params.append(exclude)
+        where, extra = _visible("", before, exclude)
+        sql = f"SELECT rowid, number FROM issues WHERE rowid IN ({marks}) AND repo = ?{where}"
+        params: list = [h[0] for h in hits] + [repo] + extra
         visible = dict(db.execute(sql, params).fetchall())
         out = [(int(visible[h[0]]), *(float(v) for v in h[1:])) for h in hits if h[0] in visible][:limit]
         if len(out) >= limit or len(hits) < fetch:
@@ -230,13 +237,9 @@ def bm25_candidates(
         f"SELECT i.number, -bm25(issues_fts, ?, ?) AS s{cols} FROM issues_fts CROSS JOIN issues i "
         "ON i.rowid = issues_fts.rowid WHERE issues_fts MATCH ? AND i.repo = ?"
     )
-    params = [TITLE_WEIGHT, BODY_WEIGHT, expression, repo]
-    if before:
-        sql += " AND i.created_at < ?"
-        params.append(before)
-    if exclude is not None:
-        sql += " AND i.number != ?"
-        params.append(exclude)
+    where, extra = _visible("i.", before, exclude)
+    sql += where
+    params = [TITLE_WEIGHT, BODY_WEIGHT, expression, repo] + extra
     sql += " ORDER BY bm25(issues_fts, ?, ?) LIMIT ?"
     params += [TITLE_WEIGHT, BODY_WEIGHT, limit]
     rows = db.execute(sql, params).fetchall()

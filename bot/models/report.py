@@ -14,8 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import datetime, timezone
 from typing import Any, Sequence
+
+from bot.__main__ import parse_since
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -199,14 +200,14 @@ def render_compare(groups: Sequence[dict[str, Any]], period: str) -> str:
     return "\n".join(lines)
 
 
-def _parse_since(parser: argparse.ArgumentParser, value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(value).replace(tzinfo=timezone.utc).timestamp()
-    except ValueError:
-        parser.error("--since takes a date like 2026-01-31")
-    return None
+def _arguments(prog: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """The options `models` and `models compare` share."""
+    parser = argparse.ArgumentParser(prog=prog, **kwargs)
+    parser.add_argument("--since", help="YYYY-MM-DD (UTC)")
+    parser.add_argument("--repo", help="OWNER/NAME")
+    parser.add_argument("--db", help="database path (default: DATABASE_PATH)")
+    parser.add_argument("--json", action="store_true")
+    return parser
 
 
 def _open(path: str | None) -> Any:
@@ -220,13 +221,9 @@ def _open(path: str | None) -> Any:
 
 
 def compare_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bot models compare")
-    parser.add_argument("--since", help="YYYY-MM-DD (UTC)")
-    parser.add_argument("--repo", help="OWNER/NAME")
-    parser.add_argument("--db", help="database path (default: DATABASE_PATH)")
-    parser.add_argument("--json", action="store_true")
+    parser = _arguments("python -m bot models compare")
     args = parser.parse_args(argv)
-    since = _parse_since(parser, args.since)
+    since = parse_since(parser, args.since)
     db = _open(args.db)
     groups = compare(load_rows(db, since=since, repo=args.repo, tier="shadow:decision"),
                      final_labels(db, args.repo))
@@ -241,14 +238,10 @@ def compare_main(argv: list[str]) -> int:
 def main(argv: list[str]) -> int:
     if argv and argv[0] == "compare":
         return compare_main(argv[1:])
-    parser = argparse.ArgumentParser(prog="python -m bot models",
-                                     epilog="`python -m bot models compare --help`: current vs candidate setup")
-    parser.add_argument("--since", help="YYYY-MM-DD (UTC)")
-    parser.add_argument("--repo", help="OWNER/NAME")
-    parser.add_argument("--db", help="database path (default: DATABASE_PATH)")
-    parser.add_argument("--json", action="store_true")
+    parser = _arguments("python -m bot models",
+                        epilog="`python -m bot models compare --help`: current vs candidate setup")
     args = parser.parse_args(argv)
-    since = _parse_since(parser, args.since)
+    since = parse_since(parser, args.since)
     db = _open(args.db)
     summary = summarize(load_rows(db, since=since, repo=args.repo))
     if args.json:
