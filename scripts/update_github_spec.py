@@ -29,6 +29,8 @@ OPERATIONS: dict[str, tuple[str, ...]] = {
     "/app": ("get",),
     "/app/installations": ("get",),
     "/app/installations/{installation_id}/access_tokens": ("post",),
+    "/app/hook/deliveries": ("get",),
+    "/app/hook/deliveries/{delivery_id}/attempts": ("post",),
     "/installation/repositories": ("get",),
     "/repos/{owner}/{repo}": ("get",),
     "/repos/{owner}/{repo}/contents/{path}": ("get",),
