@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "triage": ("bot.demo", "triage_main", "triage one issue (--title/--body or --file) and print JSON"),
     "backfill": ("bot.features.index", "backfill_main", "index all issues of OWNER/NAME"),
     "sweep": ("bot.features.lifecycle", "sweep_main", "run the needs-info/stale sweep"),
+    "recover": ("bot.features.recovery", "recover_main", "ask GitHub to redeliver webhooks the server missed"),
     "digest": ("bot.features.digest", "digest_main", "print or post the weekly digest"),
     "models": ("bot.models.report", "main", "model calls: per-tier counts, latency, escalations, cost"),
     "export-training": ("bot.features.learning", "export_main", "write training examples as JSONL"),

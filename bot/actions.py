@@ -197,3 +197,38 @@ async def find_marked_issue(ctx: Context, marker: str, labels: tuple[str, ...] =
         if (issue.get("user") or {}).get("type") == "Bot" and marker in (issue.get("body") or ""):
             return issue
     return None
+
+
+async def redeliver_webhook(gh, *, jwt: str, db, delivery: dict[str, Any], dry_run: bool,
+                            run_id: str) -> dict[str, Any]:
+    """Ask GitHub to send one of the App's failed webhook deliveries again (``bot.features.recovery``).
+
+    ``delivery`` is a hook-delivery item from ``GET /app/hook/deliveries``; its numeric ``id`` names the
+    try to repeat, and GitHub sends it with the same ``guid`` (``X-GitHub-Delivery``), so the queue
+    treats it as the delivery it missed. App-level, so authenticated with the App's JWT (no
+    installation token can do this). Audited (action ``Redeliver``, no repository) and honours dry run
+    like every write. Returns ``{"result": "ok" | "dry-run" | "error", ...}``; never raises for an
+    HTTP error, which is logged and audited instead: the caller moves on to the next delivery.
+    """
+    details = {"hook_delivery_id": delivery.get("id"), "guid": delivery.get("guid"),
+               "event": delivery.get("event"), "action": delivery.get("action"),
+               "delivered_at": delivery.get("delivered_at"), "status": str(delivery.get("status") or "")[:200],
+               "status_code": delivery.get("status_code")}
+
+    def record(result: str, extra: dict[str, Any] | None = None) -> None:
+        db["audit"].insert({"ts": time.time(), "delivery_id": run_id, "repo": None, "issue": None,
+                            "action": "Redeliver", "details": json.dumps({**details, **(extra or {})}, default=str),
+                            "result": result})
+
+    if dry_run:
+        record("dry-run")
+        return {"result": "dry-run"}
+    try:
+        await gh.post(f"/app/hook/deliveries/{int(delivery['id'])}/attempts", data=b"", jwt=jwt)
+    except gidgethub.HTTPException as exc:
+        log.error("redelivery of %s (%s) failed: %s", delivery.get("guid"), delivery.get("event"), exc,
+                  extra={"delivery": run_id})
+        record("error", {"error": str(exc)[:500]})
+        return {"result": "error", "error": str(exc)[:500]}
+    record("ok")
+    return {"result": "ok"}

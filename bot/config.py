@@ -200,6 +200,21 @@ def _flag(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+def _number(env: dict[str, str], name: str, default: Any, kind: type, low: float, high: float) -> Any:
+    """A numeric environment variable within [low, high], or ConfigError naming it and what is allowed."""
+    text = (env.get(name) or "").strip()
+    if not text:
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        raise ConfigError(f"{name} must be a{'n integer' if kind is int else ' number'} "
+                          f"from {low:g} to {high:g} (got {text[:40]!r})") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be from {low:g} to {high:g} (got {text[:40]})")
+    return value
+
+
 @dataclass
 class Settings:
     """Server settings from environment variables (names as in the README)."""
@@ -223,6 +238,9 @@ class Settings:
     max_attempts: int = 5
     write_spacing: float = 1.0
     schedule: bool = True
+    # Missed-delivery recovery (bot.features.recovery): how far back, and how many per run (0: off).
+    redelivery_window_hours: float = 24.0
+    redelivery_max_per_run: int = 50
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, *, require_app: bool = True) -> "Settings":
@@ -254,6 +272,8 @@ class Settings:
             candidate_model_dir=env.get("CANDIDATE_MODEL_DIR") or None,
             write_spacing=float(env.get("WRITE_SPACING_SECONDS") or 1.0),
             schedule=not _flag(env.get("DISABLE_SCHEDULER")),
+            redelivery_window_hours=_number(env, "REDELIVERY_WINDOW_HOURS", 24.0, float, 0, 72),
+            redelivery_max_per_run=_number(env, "REDELIVERY_MAX_PER_RUN", 50, int, 0, 1000),
         )
         if require_app:
             settings.check()

@@ -109,6 +109,7 @@ def _core_schema(db: sqlite_utils.Database) -> None:
 SCHEMA_MODULES = [
     "bot.index.store",
     "bot.features.lifecycle",
+    "bot.features.recovery",
     "bot.features.digest",
     "bot.features.learning",
 ]

@@ -186,3 +186,11 @@ class GitHubFactory:
         return GitHubAPI(self.session, USER_AGENT, oauth_token=token, base_url=self.settings.api_url,
                          installation_id=installation_id, tokens=self.tokens, spacer=self.spacer,
                          metrics=self.metrics, cache=self.etags)
+
+    def for_app(self) -> GitHubAPI:
+        """A client for the App's own endpoints (``/app/...``); pass ``jwt=self.app_jwt()`` on each call."""
+        return GitHubAPI(self.session, USER_AGENT, base_url=self.settings.api_url, metrics=self.metrics)
+
+    def app_jwt(self) -> str:
+        """A fresh App JWT (valid 10 minutes), signed with the App's private key."""
+        return gidgethub.apps.get_jwt(app_id=self.settings.app_id, private_key=self.settings.private_key)

@@ -1,4 +1,5 @@
-"""Periodic work inside the server: the lifecycle sweep (hourly, jittered) and the weekly digest.
+"""Periodic work inside the server: the lifecycle sweep (hourly, jittered), the weekly digest, and the
+recovery of webhook deliveries missed while the server was down (soon after start, then hourly).
 
 Each job asks its feature whether anything is due for each installed repository, so a server that was
 down when a digest was due posts it once at start, and a crash mid-sweep resumes where it stopped.
@@ -14,6 +15,8 @@ log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL = 3600.0
 DIGEST_INTERVAL = 600.0
+RECOVERY_INTERVAL = 3600.0
+RECOVERY_FIRST_DELAY = (10.0, 70.0)  # seconds after start: the server is listening for the redeliveries
 
 
 def _installed(services) -> list[tuple[str, int]]:
@@ -37,8 +40,23 @@ async def _every(services, interval: float, module: str, func: str, jitter: floa
         await asyncio.sleep(interval + random.uniform(0, jitter))
 
 
+async def _app_job(services, interval: float, module: str, func: str, first_delay: tuple[float, float]) -> None:
+    """A job for the whole App rather than per repository; its first run comes soon after start."""
+    await asyncio.sleep(random.uniform(*first_delay))
+    job = getattr(importlib.import_module(module), func)
+    while True:
+        try:
+            await job(services)
+        except Exception:  # noqa: BLE001 - a failed run must not end the schedule
+            log.exception("%s.%s failed", module, func)
+        await asyncio.sleep(interval + random.uniform(0, first_delay[1] - first_delay[0]))
+
+
 def start_schedulers(services) -> list[asyncio.Task]:
     return [
         asyncio.create_task(_every(services, SWEEP_INTERVAL, "bot.features.lifecycle", "scheduled_sweep", 300)),
         asyncio.create_task(_every(services, DIGEST_INTERVAL, "bot.features.digest", "scheduled_digest", 30)),
+        # Deliveries GitHub could not make while the server was down: once the server listens, then hourly.
+        asyncio.create_task(_app_job(services, RECOVERY_INTERVAL, "bot.features.recovery", "scheduled_recovery",
+                                     RECOVERY_FIRST_DELAY)),
     ]

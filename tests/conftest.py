@@ -112,12 +112,12 @@ class BotServer:
         await self.services.worker.drain(timeout)
 
 
-async def start_server(settings: Settings, *, models: Any = None, run_worker: bool = True):
+async def start_server(settings: Settings, *, models: Any = None, run_worker: bool = True, port: int | None = None):
     services = Services(settings, models=models)
     app = create_app(services, run_worker=run_worker)
     runner = web.AppRunner(app)
     await runner.setup()
-    port = free_port()
+    port = port or free_port()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
     session = aiohttp.ClientSession()

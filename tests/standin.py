@@ -12,7 +12,10 @@ that the bot reaches through its own client (gidgethub over aiohttp), and which
 * keeps repository state in memory (files, labels, permissions, issues, comments, events, reactions), so
   tests assert outcomes rather than calls, and records every request (`requests`, `writes()`);
 * behaves like GitHub where clients get it wrong: Link pagination, ETag / 304, rate-limit headers, and
-  injected faults (`fail_next`: 5xx, secondary rate limits with Retry-After, 429).
+  injected faults (`fail_next`: 5xx, secondary rate limits with Retry-After, 429);
+* sends webhooks like GitHub's App hook (`set_webhook`, `deliver`): signed POSTs to the bot's URL, each
+  recorded as a hook delivery (listed by `GET /app/hook/deliveries`, cursor-paginated, newest first) and
+  redelivered with the same `X-GitHub-Delivery` guid on `POST /app/hook/deliveries/{id}/attempts`.
 
 Its 2xx answers are checked against the same spec (`response_violations`), which keeps the JSON shapes
 realistic. Issue/comment/event timestamps come from `self.now` (settable); token expiry uses the wall
@@ -20,10 +23,12 @@ clock, because the bot's token cache does.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import functools
 import hashlib
+import hmac
 import itertools
 import json
 import math
@@ -36,6 +41,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 from urllib.parse import unquote
 
+import aiohttp
 import jwt
 from aiohttp import web
 from openapi_core import OpenAPI
@@ -270,6 +276,12 @@ class GitHubStandIn:
         self._faults: list[_Fault] = []
         self._users: dict[str, int] = {}
         self._ids = itertools.count(1001)
+        # The App's webhook: where `deliver` and redeliveries POST, and what GitHub recorded of each try.
+        self.webhook_url: str | None = None
+        self.webhook_secret: str = ""
+        self.hook_deliveries: list[dict] = []  # {"item": hook-delivery-item, "event": str, "body": bytes}
+        self._hook_ids = itertools.count(90001)
+        self._redeliveries: set[asyncio.Task] = set()
         # Bind now so URLs in the state (issue.url, comments_url...) are right before the server starts.
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.bind(("127.0.0.1", 0))
@@ -289,6 +301,7 @@ class GitHubStandIn:
 
     async def close(self) -> None:
         """Stop serving and release the port."""
+        await self.settle()
         if self._runner is not None:
             await self._runner.cleanup()
         self._sock.close()
@@ -457,6 +470,53 @@ class GitHubStandIn:
         """Recorded requests that write (not GET/HEAD, not the token exchange); ok_only drops failed ones."""
         return [r for r in self.requests if r["method"] not in ("GET", "HEAD")
                 and not r["path"].endswith("/access_tokens") and (not ok_only or r["status"] < 400)]
+
+    # --------------------------------------------------------------------------------- the App's webhook
+    def set_webhook(self, url: str | None, secret: str) -> None:
+        """Point the App's webhook at ``url`` (None: nowhere, every delivery fails to connect)."""
+        self.webhook_url = url
+        self.webhook_secret = secret
+
+    async def deliver(self, event: str, payload: dict | bytes, *, guid: str | None = None,
+                      redelivery: bool = False) -> dict:
+        """Send one webhook to the App's URL as GitHub does (signed, 10 s timeout) and record the try.
+
+        Returns the hook-delivery item GitHub would list: ``status`` "OK" for a 2xx answer, "Invalid HTTP
+        Response: <code>" otherwise, and status code 0 with a connection error when nothing listens.
+        """
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        data = json.loads(body)
+        guid = guid or secrets.token_hex(16)
+        signature = "sha256=" + hmac.new(self.webhook_secret.encode(), body, hashlib.sha256).hexdigest()
+        headers = {"X-GitHub-Event": event, "X-GitHub-Delivery": guid, "X-Hub-Signature-256": signature,
+                   "Content-Type": "application/json", "User-Agent": "GitHub-Hookshot/standin",
+                   "X-GitHub-Hook-Installation-Target-Type": "integration",
+                   "X-GitHub-Hook-Installation-Target-ID": str(self.app_id)}
+        started = time.monotonic()
+        try:
+            if not self.webhook_url:
+                raise aiohttp.ClientConnectionError("no webhook URL")
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+                async with session.post(self.webhook_url, data=body, headers=headers) as response:
+                    await response.read()
+                    code = response.status
+            status = "OK" if 200 <= code < 300 else f"Invalid HTTP Response: {code}"
+        except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+            code = 0
+            status = "timed out" if isinstance(error, asyncio.TimeoutError) else "failed to connect to host"
+        repo = (data.get("repository") or {}).get("full_name")
+        item = {"id": next(self._hook_ids), "guid": guid, "delivered_at": _iso(self.now()),
+                "redelivery": redelivery, "duration": round(time.monotonic() - started, 3), "status": status,
+                "status_code": code, "event": event, "action": data.get("action"),
+                "installation_id": (data.get("installation") or {}).get("id"),
+                "repository_id": self._repos[repo].id if repo in self._repos else None, "throttled_at": None}
+        self.hook_deliveries.append({"item": item, "event": event, "body": body})
+        return item
+
+    async def settle(self) -> None:
+        """Wait until every redelivery GitHub accepted has been sent."""
+        while self._redeliveries:
+            await asyncio.gather(*list(self._redeliveries), return_exceptions=True)
 
     # --------------------------------------------------------------------------------- JSON shapes
     def _user(self, login: str, type_: str = "User") -> dict:
@@ -773,6 +833,38 @@ class GitHubStandIn:
         return web.json_response({"token": token, "expires_at": _iso(expires),
                                   "permissions": self._app_json()["permissions"],
                                   "repository_selection": "selected"}, status=201)
+
+    @_op("get", "/app/hook/deliveries")
+    async def list_hook_deliveries(self, call: _Call) -> web.Response:
+        """Newest first, cursor-paginated like GitHub (Link rel="next" carries ``cursor``; no page numbers)."""
+        items = [record["item"] for record in reversed(self.hook_deliveries)]
+        wanted = call.query.get("status")
+        if wanted is not None:
+            items = [item for item in items if (200 <= item["status_code"] < 400) == (wanted == "success")]
+        cursor = call.query.get("cursor")
+        if cursor is not None:
+            if not re.fullmatch(r"v1_\d+", cursor):
+                raise GitHubError(400, "Bad request: invalid cursor")
+            items = [item for item in items if item["id"] < int(cursor[3:])]
+        per_page = max(1, min(int(call.query.get("per_page") or 30), 100))
+        chunk = items[:per_page]
+        headers = {}
+        if len(items) > per_page:
+            after = call.request.url.update_query(cursor=f"v1_{chunk[-1]['id']}")
+            headers["Link"] = f'<{after}>; rel="next"'
+        return web.json_response(chunk, headers=headers)
+
+    @_op("post", "/app/hook/deliveries/{delivery_id}/attempts")
+    async def redeliver_hook_delivery(self, call: _Call) -> web.Response:
+        """Accept, then (as GitHub does, shortly after) send the same body again with the same guid."""
+        record = next((r for r in self.hook_deliveries if r["item"]["id"] == call.path["delivery_id"]), None)
+        if record is None:
+            raise GitHubError(404, "Not Found")
+        task = asyncio.create_task(self.deliver(record["event"], record["body"], guid=record["item"]["guid"],
+                                                redelivery=True))
+        self._redeliveries.add(task)
+        task.add_done_callback(self._redeliveries.discard)
+        return web.json_response({}, status=202)
 
     @_op("get", "/installation/repositories")
     async def installation_repos(self, call: _Call) -> web.Response:
