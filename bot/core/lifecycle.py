@@ -134,6 +134,31 @@ def label_added_at(timeline: list[dict[str, Any]], label: str) -> datetime | Non
     return max(times) if times else None
 
 
+def _bot_close_events(timeline: list[dict[str, Any]], since: datetime, bot_login: str) -> list[dict[str, Any]]:
+    """The bot's own ``closed`` events at or after ``since``: GitHub's record of what the bot closed.
+
+    Unlike a close comment (which a maintainer may delete) or the audit log (which a restored database
+    may lack), the issue's events always say who closed it.
+    """
+    found = []
+    for event in timeline:
+        created = parse_time(event.get("created_at"))
+        if (event.get("event") == "closed" and created is not None and created >= since
+                and _is_bot_itself(_event_actor(event), bot_login)):
+            found.append(event)
+    return found
+
+
+def _last_closer_is_bot(timeline: list[dict[str, Any]], bot_login: str) -> bool | None:
+    """Whether the issue's last ``closed`` event is the bot's; ``None`` when the timeline shows no close."""
+    closes = [event for event in timeline if event.get("event") == "closed"]
+    if not closes:
+        return None
+    last = max(closes, key=lambda event: parse_time(event.get("created_at")) or datetime.min.replace(
+        tzinfo=timezone.utc))
+    return _is_bot_itself(_event_actor(last), bot_login)
+
+
 def _bot_marker_comments(comments: list[dict[str, Any]], kind: str, since: datetime,
                          bot_login: str, key: str) -> list[dict[str, Any]]:
     """The bot's comments carrying a ``kind`` marker for this waiting period.
@@ -287,7 +312,9 @@ def _needs_info_state(issue: dict[str, Any], timeline: list[dict[str, Any]], com
     key = iso(labeled_at)
     pings = _bot_marker_comments(comments, PING_MARKER, labeled_at, bot_login, key)
     ping = min(pings, key=lambda comment: parse_time(comment.get("created_at"))) if pings else None
-    closes = _bot_marker_comments(comments, CLOSE_MARKER, labeled_at, bot_login, key)
+    # The close comment or, should it be gone, the close event: either says the bot closed it already.
+    closes = (_bot_marker_comments(comments, CLOSE_MARKER, labeled_at, bot_login, key)
+              or _bot_close_events(timeline, labeled_at, bot_login))
     return _NeedsInfoState(
         label=label,
         labeled_at=labeled_at,
@@ -328,7 +355,9 @@ def _needs_info_due(issue: dict[str, Any], timeline: list[dict[str, Any]], comme
 
     if not is_open:
         # The bot closed it for lack of information; an answer after that reopens it (like no-response).
-        if state.closed_by_bot is None:
+        # Who closed it last is in the events; a close comment alone cannot tell a later close by a person.
+        last_closer_is_bot = _last_closer_is_bot(timeline, bot_login)
+        if state.closed_by_bot is None or last_closer_is_bot is False:
             return _nothing("closed by a person; the bot leaves it")
         closed_at = parse_time(issue.get("closed_at")) or parse_time(state.closed_by_bot.get("created_at"))
         reply = _author_replied_since(comments, author, closed_at or state.labeled_at, bot_login)
@@ -408,8 +437,9 @@ def _stale_due(issue: dict[str, Any], timeline: list[dict[str, Any]], comments: 
         return _nothing("stale.close is off: label only")
     if only_waiting and not waiting:
         return _nothing("waiting on maintainers, not on the author: not closing")
-    if _bot_marker_comments(comments, STALE_CLOSE_MARKER, stale_at, bot_login, iso(stale_at)):
-        return _nothing("already closed once in this stale period and reopened by a person")
+    if (_bot_marker_comments(comments, STALE_CLOSE_MARKER, stale_at, bot_login, iso(stale_at))
+            or _bot_close_events(timeline, stale_at, bot_login)):
+        return _nothing("already closed once in this stale period and reopened")
     if now < stale_at + timedelta(days=days_until_close):
         return _nothing(f"close due at {iso(stale_at + timedelta(days=days_until_close))}")
     total_days = days_until_stale + days_until_close
