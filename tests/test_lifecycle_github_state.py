@@ -180,3 +180,89 @@ async def test_a_person_reopening_a_stale_close_starts_over_rather_than_closing_
     assert [e.kind for e in (await sweep(bot, standin, 9.5)).done] == ["remove_label"]
     assert (await sweep(bot, standin, 20)).done == []
     assert sum(1 for event in standin.events(REPO, number) if event["event"] == "closed") == 1
+
+
+# ------------------------------------------------------------------------------------------- /freeze
+async def test_a_freeze_the_restored_database_lost_is_read_from_the_thread(bot, standin):
+    issue = needs_info_issue(standin)
+    number = issue["number"]
+    # A maintainer's /freeze ran at day 1 (it set the flag in a database since restored without it);
+    # a bystander's /freeze never counted (freezing needs write access).
+    standin.add_comment(REPO, number, "/freeze", user="carol", created_at=day(0.5))
+    standin.add_comment(REPO, number, "Keeping this open.\n/freeze", user="maint", created_at=day(1))
+    assert [e.kind for e in (await sweep(bot, standin, 7.5)).done] == ["ping"]  # frozen issues are still pinged
+    for later in (14.6, 30):
+        assert (await sweep(bot, standin, later)).done == []
+    assert state(standin, number) == "open"
+    standin.add_comment(REPO, number, "/unfreeze", user="maint", created_at=day(31))
+    assert [e.kind for e in (await sweep(bot, standin, 31.5)).done] == ["close"]
+
+
+async def test_freeze_commands_from_people_without_write_access_or_in_quotes_do_not_freeze(bot, standin):
+    issue = needs_info_issue(standin)
+    number = issue["number"]
+    standin.add_comment(REPO, number, "/freeze", user="carol", created_at=day(0.5))
+    standin.add_comment(REPO, number, "> /freeze\n\nQuoting the docs.", user="maint", created_at=day(1))
+    await sweep(bot, standin, 7.5)
+    assert [e.kind for e in (await sweep(bot, standin, 14.6)).done] == ["close"]
+
+
+# ------------------------------------------------------------------- the pure core, with no server at all
+def _core_case(*, closed: bool = False):
+    """An issue labeled needs-info at T0 and pinged at T0+7 (as GitHub shows them), and the config."""
+    from bot.config import DEFAULTS
+
+    issue = {"number": 7, "user": {"login": "alice", "type": "User"}, "labels": [{"name": "needs-info"}],
+             "state": "closed" if closed else "open", "created_at": iso(day(-30)), "assignees": [],
+             "milestone": None, "closed_at": iso(day(14.5)) if closed else None}
+    timeline = [{"event": "labeled", "label": {"name": "needs-info"}, "actor": {"login": "maint"},
+                 "created_at": iso(day(0))}]
+    comments = [{"user": {"login": BOT, "type": "Bot"}, "created_at": iso(day(7)),
+                 "body": f"reminder {marker(PING_MARKER, iso(day(0)))}"}]
+    return issue, timeline, comments, DEFAULTS["lifecycle"]
+
+
+def _bot_closed(moment: float) -> dict:
+    return {"event": "closed", "actor": {"login": BOT, "type": "Bot"}, "created_at": iso(day(moment))}
+
+
+def test_core_the_bots_close_event_counts_as_closed_once_in_this_period():
+    from bot.core.lifecycle import due
+
+    issue, timeline, comments, config = _core_case()
+    assert due(issue, timeline, comments, day(15), config, write_logins=set(), frozen=False,
+               bot_login=BOT).kind == "close"
+    timeline += [_bot_closed(14.5), {"event": "reopened", "actor": {"login": "maint"}, "created_at": iso(day(16))}]
+    decision = due(issue, timeline, comments, day(17), config, write_logins=set(), frozen=False, bot_login=BOT)
+    assert decision.kind is None and "already closed" in decision.reason
+
+
+def test_core_a_closed_issue_reopens_on_the_authors_reply_only_if_the_last_close_was_the_bots():
+    from bot.core.lifecycle import due
+
+    issue, timeline, comments, config = _core_case(closed=True)
+    comments.append({"user": {"login": "alice", "type": "User"}, "created_at": iso(day(18)), "body": "v2.1"})
+    timeline.append(_bot_closed(14.5))
+    assert due(issue, timeline, comments, day(19), config, write_logins=set(), frozen=False,
+               bot_login=BOT).kind == "reopen"
+    # A maintainer reopened, then closed it themselves: the author's reply does not undo that.
+    timeline += [{"event": "reopened", "actor": {"login": "maint"}, "created_at": iso(day(15))},
+                 {"event": "closed", "actor": {"login": "maint"}, "created_at": iso(day(16))}]
+    issue["closed_at"] = iso(day(16))
+    assert due(issue, timeline, comments, day(19), config, write_logins=set(), frozen=False,
+               bot_login=BOT).kind is None
+
+
+def test_core_freeze_is_the_last_freeze_command_by_a_writer():
+    from bot.core.lifecycle import freeze_commands, frozen_in_thread
+
+    def said(login: str, body: str, when: float) -> dict:
+        return {"user": {"login": login, "type": "User"}, "created_at": iso(day(when)), "body": body}
+
+    comments = [said("maint", "/freeze", 1), said("carol", "/unfreeze", 2), said("maint", "```\n/unfreeze\n```", 3)]
+    commands = freeze_commands(comments, BOT)
+    assert [(login, on) for login, on, _ in commands] == [("maint", True), ("carol", False)]
+    assert frozen_in_thread(commands, {"maint"}) is True
+    assert frozen_in_thread(commands, set()) is False
+    comments.append(said("MAINT", "/unfreeze", 4))
+    assert frozen_in_thread(freeze_commands(comments, BOT), {"maint"}) is False

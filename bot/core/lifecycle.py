@@ -24,6 +24,7 @@ from datetime import datetime, timedelta, timezone
 from fnmatch import fnmatchcase
 from typing import Any
 
+from bot.core.commands import parse as parse_commands
 from bot.core.plan import AddLabels, Close, Comment, CreateLabel, Plan, Reopen, RemoveLabel, marker
 
 PING_MARKER = "needs-info-ping"
@@ -259,6 +260,32 @@ def waiting_on_author(issue: dict[str, Any], comments: list[dict[str, Any]], *, 
     last = relevant[-1]
     login = (last.get("user") or {}).get("login", "").lower()
     return login in writers and login != author and asks_author(last.get("body") or "", _author(issue))
+
+
+def freeze_commands(comments: list[dict[str, Any]], bot_login: str) -> list[tuple[str, bool, datetime]]:
+    """Every ``/freeze`` (True) and ``/unfreeze`` (False) in people's comments: (login, on, when), in order.
+
+    The thread keeps these when the database does not (a restore from an older backup loses the flag
+    that ``/freeze`` set), so the sweep reads them as a second source of the same fact.
+    """
+    found = []
+    for comment in _human_comments(comments, bot_login):
+        created = parse_time(comment.get("created_at"))
+        login = (comment.get("user") or {}).get("login") or ""
+        for command in parse_commands(comment.get("body") or "", bot_login):
+            if command.name in ("freeze", "unfreeze") and created is not None and login:
+                found.append((login, command.name == "freeze", created))
+    return found
+
+
+def frozen_in_thread(commands: list[tuple[str, bool, datetime]], write_logins: set[str]) -> bool:
+    """Whether the last ``/freeze`` or ``/unfreeze`` by someone with write access was ``/freeze``."""
+    writers = {login.lower() for login in write_logins}
+    state = False
+    for login, on, _when in sorted(commands, key=lambda entry: entry[2]):
+        if login.lower() in writers:
+            state = on
+    return state
 
 
 def stale_exemption(issue: dict[str, Any], stale_config: dict[str, Any], *, frozen: bool) -> str | None:

@@ -358,6 +358,15 @@ class _Permissions:
         return {login for login in logins if login and login.lower() != author and await self.can_write(login)}
 
 
+async def _frozen_in_thread(permissions: _Permissions, comments: list[dict[str, Any]], bot_login: str) -> bool:
+    """Whether a person with write access left ``/freeze`` as the thread's last freeze command."""
+    commands = core.freeze_commands(comments, bot_login)
+    if not commands:
+        return False
+    writers = {login for login in {entry[0] for entry in commands} if await permissions.can_write(login)}
+    return core.frozen_in_thread(commands, writers)
+
+
 def _audited_markers(db, repo: str, number: int) -> set[str]:
     """Markers of comments the audit log says reached GitHub for this issue."""
     rows = db.execute("SELECT details FROM audit WHERE repo = ? AND issue = ? AND action = 'Comment' "
@@ -494,10 +503,10 @@ async def sweep_repo(gh, db, repo: str, config_section: dict[str, Any], *, now: 
                 issue = await gh.getitem(f"/repos/{repo}/issues/{number}")
             if issue.get("pull_request"):
                 continue
-            frozen = has_flag(db, repo, number, "frozen")
+            frozen = db_frozen = has_flag(db, repo, number, "frozen")
             row = memo.get(number)
             if (row is not None and number not in pending and row["updated_at"] == (issue.get("updated_at") or "")
-                    and row["frozen"] == int(frozen) and row["config_sha"] == config_sha
+                    and row["frozen"] == int(db_frozen) and row["config_sha"] == config_sha
                     and (row["next_due_at"] is None or row["next_due_at"] > now.timestamp())):
                 report.idle += 1  # unchanged since it was read, and its time has not come
                 continue
@@ -505,6 +514,9 @@ async def sweep_repo(gh, db, repo: str, config_section: dict[str, Any], *, now: 
             timeline, comments = await _timeline(gh, repo, number)
             write_logins = (await permissions.write_logins(issue, comments, bot_login)
                             if stale_on and issue.get("state") == "open" else set())
+            if not frozen:
+                # /freeze lives in the database and in the thread; a restored database may have lost it.
+                frozen = await _frozen_in_thread(permissions, comments, bot_login)
             subject = {**issue, "in_project": in_project(timeline)}
             decision = core.due(subject, timeline, comments, now, config_section, write_logins=write_logins,
                                 frozen=frozen, bot_login=bot_login)
@@ -520,7 +532,7 @@ async def sweep_repo(gh, db, repo: str, config_section: dict[str, Any], *, now: 
                                frozen=frozen, bot_login=bot_login)
             db.execute("INSERT OR REPLACE INTO lifecycle_memo(repo, issue, updated_at, frozen, config_sha, "
                        "next_due_at, checked_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       [repo, number, issue.get("updated_at") or "", int(frozen), config_sha,
+                       [repo, number, issue.get("updated_at") or "", int(db_frozen), config_sha,
                         when.timestamp() if when else None, time.time()])
             continue
         # Acting changes the issue; the next run reads it afresh.
