@@ -290,3 +290,25 @@ async def test_the_scheduler_runs_recovery_soon_after_start(standin, settings, f
         await asyncio.gather(*tasks, return_exceptions=True)
         await bot.session.close()
         await runner.cleanup()
+
+
+async def test_recover_cli_says_what_it_did(standin, settings, monkeypatch, capsys):
+    from bot.features.recovery import recover_main
+    from tests.conftest import APP_ID
+
+    for name, value in {"GITHUB_APP_ID": str(APP_ID), "GITHUB_PRIVATE_KEY": settings.private_key,
+                        "GITHUB_WEBHOOK_SECRET": SECRET, "GITHUB_API_URL": standin.url,
+                        "DATABASE_PATH": settings.database_path, "WRITE_SPACING_SECONDS": "0"}.items():
+        monkeypatch.setenv(name, value)
+    standin.set_webhook(None, SECRET)
+    issue = standin.add_issue(REPO, "Crash", "It crashes.")
+    await standin.deliver("issue_comment", label_comment(standin, issue["number"], "bug"))
+    assert await recover_main(["--dry-run"]) == 0
+    assert "would ask GitHub to redeliver 1" in capsys.readouterr().out
+    assert await recover_main([]) == 0
+    assert "asked GitHub to redeliver 1" in capsys.readouterr().out
+    await standin.settle()
+    assert len(standin.hook_deliveries) == 2
+    monkeypatch.setenv("REDELIVERY_MAX_PER_RUN", "lots")
+    assert await recover_main([]) == 2
+    assert "REDELIVERY_MAX_PER_RUN" in capsys.readouterr().err
