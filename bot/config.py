@@ -200,6 +200,21 @@ def _flag(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+def _ceiling(env: dict[str, str], name: str, default: float) -> float:
+    """A non-negative number from the environment (a spend ceiling); ConfigError names a bad one."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw) if "COST" in name else int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a non-negative {'number' if 'COST' in name else 'integer'}, "
+                          f"got {raw[:40]!r}") from None
+    if value < 0 or value != value:
+        raise ConfigError(f"{name} must not be negative, got {raw[:40]!r}")
+    return value
+
+
 @dataclass
 class Settings:
     """Server settings from environment variables (names as in the README)."""
@@ -217,6 +232,8 @@ class Settings:
     openai_base_url: str | None = None
     openai_api_key: str | None = None
     fallback_model: str = "gpt-4o-mini"
+    fallback_max_calls_per_day: int = 1000
+    fallback_max_cost_per_day: float = 5.0
     local_model_path: str | None = None
     candidate_model_dir: str | None = None
     worker_concurrency: int = 8
@@ -250,6 +267,8 @@ class Settings:
             openai_base_url=env.get("OPENAI_BASE_URL") or None,
             openai_api_key=env.get("OPENAI_API_KEY") or None,
             fallback_model=env.get("FALLBACK_MODEL") or "gpt-4o-mini",
+            fallback_max_calls_per_day=int(_ceiling(env, "FALLBACK_MAX_CALLS_PER_DAY", 1000)),
+            fallback_max_cost_per_day=_ceiling(env, "FALLBACK_MAX_COST_PER_DAY", 5.0),
             local_model_path=env.get("LOCAL_MODEL_PATH") or None,
             candidate_model_dir=env.get("CANDIDATE_MODEL_DIR") or None,
             write_spacing=float(env.get("WRITE_SPACING_SECONDS") or 1.0),

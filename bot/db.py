@@ -111,6 +111,7 @@ SCHEMA_MODULES = [
     "bot.features.lifecycle",
     "bot.features.digest",
     "bot.features.learning",
+    "bot.limits",
 ]
 SCHEMAS: list[Callable[[sqlite_utils.Database], None]] = [_core_schema]
 
