@@ -423,3 +423,16 @@ def test_ceilings_come_from_the_environment_and_reach_every_cascade(tmp_path):
 def test_a_bad_ceiling_is_named(name, value):
     with pytest.raises(ConfigError, match=name):
         Settings.from_env({name: value}, require_app=False)
+
+
+def test_parsing_does_not_leak_memory():
+    """cmarkgfm's own wrapper never frees cmark's tree and HTML (5,000 parses of 2 KB: +511 MB)."""
+    import resource
+
+    text = "Some text\n/close now\n> q\n/label bug\n```\n/x\n```\n" * 40
+    parse(text, BOT_LOGIN)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for _ in range(2000):
+        parse(text, BOT_LOGIN)
+    grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kb < 50_000

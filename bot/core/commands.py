@@ -25,8 +25,9 @@ from fnmatch import fnmatchcase
 from html.parser import HTMLParser
 from typing import Any, NamedTuple
 
-import cmarkgfm
 from cmarkgfm.cmark import Options as _CmarkOptions
+
+from bot.core.cmark import gfm_to_html
 
 from bot.core.plan import (
     marker,
@@ -253,7 +254,7 @@ def _top_level_lines(lines: list[str]) -> list[int]:
                      for i, line in enumerate(marked))
     # Lone surrogates (possible in JSON) are not UTF-8; cmark never sees them, lines keep their numbers.
     text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
-    html = cmarkgfm.github_flavored_markdown_to_html(text, _RENDER_OPTIONS)
+    html = gfm_to_html(text, _RENDER_OPTIONS)
     reader = _LineStarts()
     reader.feed(html)
     reader.close()
