@@ -65,7 +65,7 @@ class Services:
         if models is not None:
             from bot.models.factory import wrap
 
-            models = wrap(models, self.db)
+            models = wrap(models, self.db, settings)
         self._models = models
         self.config_cache: cachetools.TTLCache = cachetools.TTLCache(maxsize=1000, ttl=300)
         self.config_warnings: dict[str, list[str]] = {}

@@ -232,6 +232,8 @@ class Settings:
     openai_base_url: str | None = None
     openai_api_key: str | None = None
     fallback_model: str = "gpt-4o-mini"
+    fallback_max_calls_per_day: int = 1000
+    fallback_max_cost_per_day: float = 5.0
     local_model_path: str | None = None
     candidate_model_dir: str | None = None
     worker_concurrency: int = 8
@@ -268,6 +270,8 @@ class Settings:
             openai_base_url=env.get("OPENAI_BASE_URL") or None,
             openai_api_key=env.get("OPENAI_API_KEY") or None,
             fallback_model=env.get("FALLBACK_MODEL") or "gpt-4o-mini",
+            fallback_max_calls_per_day=_number(env, "FALLBACK_MAX_CALLS_PER_DAY", 1000, int, 0, 10**9),
+            fallback_max_cost_per_day=_number(env, "FALLBACK_MAX_COST_PER_DAY", 5.0, float, 0, 10**9),
             local_model_path=env.get("LOCAL_MODEL_PATH") or None,
             candidate_model_dir=env.get("CANDIDATE_MODEL_DIR") or None,
             write_spacing=float(env.get("WRITE_SPACING_SECONDS") or 1.0),

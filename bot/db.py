@@ -112,6 +112,7 @@ SCHEMA_MODULES = [
     "bot.features.recovery",
     "bot.features.digest",
     "bot.features.learning",
+    "bot.limits",
 ]
 SCHEMAS: list[Callable[[sqlite_utils.Database], None]] = [_core_schema]
 

@@ -17,6 +17,7 @@ import types
 import pytest
 
 from bot import db as bot_db
+from bot import limits
 from bot.config import RepoConfig
 from bot.features import commands as feature
 from tests.conftest import REPO, event_payload
@@ -209,6 +210,9 @@ async def test_close_with_an_unknown_reason_is_refused(bot, standin):
 
 async def test_author_may_reopen_only_what_the_bot_closed(bot, standin):
     by_bot = standin.add_issue(REPO, "Closed by the bot", "x", state="closed", state_reason="not_planned")
+    # The lifecycle posts its marked comment, then closes: that is what "closed on its own" looks like.
+    standin.add_comment(REPO, by_bot["number"], "Closing for now.\n\n<!-- first-responder:needs-info-close:1 -->",
+                        user=BOT, user_type="Bot")
     standin.add_event(REPO, by_bot["number"], "closed", actor=BOT)
     by_maint = standin.add_issue(REPO, "Closed by a maintainer", "x", state="closed", state_reason="not_planned")
     standin.add_event(REPO, by_maint["number"], "closed", actor="maint")
@@ -232,9 +236,10 @@ async def test_reopen_falls_back_to_the_audit_log_when_events_show_no_close(bot,
     assert standin.issue(REPO, issue["number"])["state"] == "open"
 
 
-async def test_bot_close_then_author_reopen_round_trip(bot, standin):
+async def test_author_closes_then_reopens_their_own_issue(bot, standin):
     issue = standin.add_issue(REPO, "Crash", "x", user="alice")
-    await say(bot, standin, issue["number"], "/close", user="maint")
+    await say(bot, standin, issue["number"], "/close", user="alice")
+    assert standin.issue(REPO, issue["number"])["state"] == "closed"
     await say(bot, standin, issue["number"], "/reopen", user="alice")
     assert standin.issue(REPO, issue["number"])["state"] == "open"
 
@@ -447,7 +452,7 @@ async def test_summarize_respects_no_ai(bot, standin, fake_features):
 
 async def test_late_refusals_join_the_one_reply_in_order(bot, standin, fake_features):
     issue = standin.add_issue(REPO, "Crash", "x", user="alice")
-    bot_db.kv_set(bot.db, f"commands:summarize:{REPO}#{issue['number']}", time.time())
+    limits.take(bot.db, [limits.Limit(f"command:summarize:{REPO}#{issue['number']}", 1, feature.PER_ISSUE_INTERVAL)])
     await say(bot, standin, issue["number"], "/close\n/summarize\n/help", user="bob")
     [reply] = replies(standin, issue["number"])
     head, _, rest = reply.partition("\n\n")

@@ -98,10 +98,10 @@ def test_fallback_error_means_uncertain_and_is_logged(db):
 
 def test_in_memory_budget_without_db():
     budget = DailyBudget(None, clock=lambda: 1000.0)
-    budget.record(1, 0.6)
-    assert budget.check(1, FALLBACK) is None
-    budget.record(1, 0.6)
-    assert "cost cap" in budget.check(1, FALLBACK)
+    budget.record("o/r", 0.6)
+    assert budget.check("o/r", FALLBACK) is None
+    budget.record("o/r", 0.6)
+    assert "cost cap" in budget.check("o/r", FALLBACK)
 
 
 def test_combine_pools_classifier_and_llm():

@@ -199,21 +199,21 @@ def test_no_key_means_no_fallback():
     assert model is not None and model.cost(1_000_000, 1_000_000) == pytest.approx(3.0)
 
 
-def test_daily_budget_caps_calls_and_cost_per_installation():
+def test_daily_budget_caps_calls_and_cost_per_repo():
     from bot.db import log_model_call, open_db
 
     db = open_db(":memory:")
     budget = DailyBudget(db, clock=lambda: 86400 * 100 + 10)
     caps = {"max_calls_per_day": 2, "max_cost_per_day": 0.01}
-    assert budget.check(1, caps) is None
+    assert budget.check("o/one", caps) is None
     for _ in range(2):
-        log_model_call(db, ts=86400 * 100 + 5, tier="remote", installation_id=1, cost_usd=0.001)
-    assert "call cap" in budget.check(1, caps)
-    assert budget.check(2, caps) is None  # per installation
-    log_model_call(db, ts=86400 * 100 + 6, tier="remote", installation_id=3, cost_usd=0.02)
-    assert "cost cap" in budget.check(3, caps)
-    log_model_call(db, ts=86400 * 99, tier="remote", installation_id=4, cost_usd=5.0)  # yesterday
-    assert budget.check(4, caps) is None
+        log_model_call(db, ts=86400 * 100 + 5, tier="remote", repo="o/one", installation_id=1, cost_usd=0.001)
+    assert "call cap" in budget.check("o/one", caps)
+    assert budget.check("o/two", caps) is None  # per repository, even in the same installation
+    log_model_call(db, ts=86400 * 100 + 6, tier="remote", repo="o/three", installation_id=3, cost_usd=0.02)
+    assert "cost cap" in budget.check("o/three", caps)
+    log_model_call(db, ts=86400 * 99, tier="remote", repo="o/four", installation_id=4, cost_usd=5.0)  # yesterday
+    assert budget.check("o/four", caps) is None
 
 
 # -- the happy path against llama-cpp-python's own OpenAI-compatible server -------------------------

@@ -1,8 +1,10 @@
 """Slash commands in issue comments: parse them, then decide what each one may do.
 
-Comment text is untrusted, so commands are found by plain code and never by a model. The parser
-follows how GitHub renders Markdown closely enough that *quoting* a comment never re-runs it: lines in
-fenced or indented code blocks, inline code, block quotes and HTML comments are not commands. Other
+Comment text is untrusted, so commands are found by plain code and never by a model. The parser asks
+cmark-gfm (GitHub's own Markdown library) how the text renders, so *quoting* a comment never re-runs
+it: a command must start a line of a top-level paragraph; lines in code (fenced, indented, inline,
+``<pre>``, ``<code>``), block quotes (lazy continuation lines too), lists, tables, ``<details>`` and
+other HTML, and HTML comments are not commands. Other
 bots in the same repository (Prow, triagebot, ...) use slash commands too, which is why an unknown
 ``/word`` is ignored unless it addresses this bot by name.
 
@@ -20,7 +22,12 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
+from html.parser import HTMLParser
 from typing import Any, NamedTuple
+
+from cmarkgfm.cmark import Options as _CmarkOptions
+
+from bot.core.cmark import gfm_to_html
 
 from bot.core.plan import (
     marker,
@@ -89,13 +96,11 @@ FEATURE_COMMANDS = frozenset(name for name, spec in COMMANDS.items() if spec.fea
 
 _LOGIN = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})$")
 _ISSUE_REF = re.compile(r"^#?(\d{1,10})$")
-_FENCE_OPEN = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 _NAME = r"([A-Za-z][A-Za-z0-9_-]*)"
+# Raw HTML passes through (so the reader sees it as GitHub would) and cmark's own blocks carry
+# data-sourcepos, which tells a paragraph cmark made from a <p> someone typed.
+_RENDER_OPTIONS = _CmarkOptions.CMARK_OPT_UNSAFE | _CmarkOptions.CMARK_OPT_SOURCEPOS
 _SLASH_COMMAND = re.compile(rf"^/{_NAME}(?=\s|$)")
-_BLANK_LINE = re.compile(r"\n[ \t]*\n")
-_BACKTICKS = re.compile(r"`+")
-_COMMENT_MASK = "\x00"  # hidden text (HTML comments): dropped from arguments
-_CODE_MASK = "\x01"  # inline code: not a command start, but kept in arguments
 
 
 @dataclass(frozen=True)
@@ -151,77 +156,110 @@ def _bot_name_pattern(bot_login: str) -> re.Pattern[str] | None:
     return re.compile(rf"^@{re.escape(base)}(?:\[bot\])?[,:]?\s+/?{_NAME}(?=\s|$)", re.IGNORECASE)
 
 
-def _blank_fenced_lines(lines: list[str]) -> list[str]:
-    """Replace lines of fenced code blocks (``` and ~~~, CommonMark rules) by empty lines.
+# Every element GitHub lets through its HTML sanitiser, plus what cmark itself emits: inside any of them a
+# line is not a top-level paragraph line. Other tags (``Vec<String>``) are stripped by GitHub, text kept.
+_HTML_ELEMENTS = frozenset("""
+    a abbr b bdo blockquote caption cite code dd del details dfn div dl dt em figcaption figure h1 h2 h3 h4
+    h5 h6 i ins kbd li mark ol p pre q rp rt ruby s samp small span strike strong sub summary sup table
+    tbody td tfoot th thead time tr tt ul var
+""".split())
+# Elements whose end tag browsers infer: written raw and left open they do not wrap later blocks.
+_OPTIONAL_END = frozenset("p li dt dd rt rp tr td th thead tbody tfoot".split())
+# Left open inside a paragraph, browsers re-open these in the following blocks (HTML's "active
+# formatting elements"), so ``text <code>`` with no ``</code>`` turns the rest of the comment into code.
+_FORMATTING = frozenset("a b code em i s small strike strong tt".split())
 
-    An unclosed fence runs to the end of the text, as GitHub renders it. Empty lines also end any
-    inline code span, just as the fence ends the paragraph before it.
+_SENTINEL = "\ue000"  # a private-use character marks each candidate line start (plus two index digits)
+_DIGIT_BASE = 0xE100
+_DIGITS = 4096
+_CANDIDATE = re.compile(r"^[ \t]*[/@]")
+_HTML_COMMENT = re.compile(r"<!--.*?(?:-->|$)")
+
+
+def _mark(index: int) -> str:
+    return _SENTINEL + chr(_DIGIT_BASE + index // _DIGITS) + chr(_DIGIT_BASE + index % _DIGITS)
+
+
+class _LineStarts(HTMLParser):
+    """Reads cmark-gfm's HTML and collects the marked lines that start a line of a top-level paragraph.
+
+    That is: directly in a ``<p>`` cmark made (it carries ``data-sourcepos``; raw ``<p>`` does not),
+    with no other element open around it (no quote, list, table, ``<details>``, raw HTML, ...) and no
+    formatting element left open earlier, right after the paragraph starts or after a line break.
     """
-    out: list[str] = []
-    fence: str | None = None
-    for line in lines:
-        if fence is None:
-            opened = _FENCE_OPEN.match(line)
-            if opened and not (opened.group(1)[0] == "`" and "`" in line[opened.end():]):
-                fence = opened.group(1)
-                out.append("")
-                continue
-            out.append(line)
-        else:
-            stripped = line.strip()
-            if (len(line) - len(line.lstrip(" ")) <= 3 and stripped and set(stripped) == {fence[0]}
-                    and len(stripped) >= len(fence)):
-                fence = None
-            out.append("")
-    return out
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.stack: list[tuple[str, bool]] = []  # (tag, made by cmark)
+        self.active_formatting: list[str] = []
+        self.at_line_start = False
+        self.found: list[int] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.at_line_start = False
+        if tag not in _HTML_ELEMENTS:
+            return
+        ours = tag == "p" and any(name == "data-sourcepos" for name, _ in attrs)
+        if tag in _OPTIONAL_END and not ours:
+            return
+        self.stack.append((tag, ours))
+        self.at_line_start = ours
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.at_line_start = False  # <br /> is followed by the line break itself
+
+    def handle_endtag(self, tag: str) -> None:
+        self.at_line_start = False
+        for depth in range(len(self.stack) - 1, -1, -1):
+            if self.stack[depth][0] == tag:
+                closed = self.stack[depth + 1:]
+                del self.stack[depth:]
+                self.active_formatting.extend(name for name, _ in closed if name in _FORMATTING)
+                return
+        if tag in self.active_formatting:
+            self.active_formatting.remove(tag)
+
+    def handle_data(self, data: str) -> None:
+        top_level = len(self.stack) == 1 and self.stack[0] == ("p", True) and not self.active_formatting
+        if top_level:
+            position = data.find(_SENTINEL)
+            while position != -1 and position + 2 < len(data):
+                if (data[position - 1] == "\n") if position else self.at_line_start:
+                    high, low = ord(data[position + 1]) - _DIGIT_BASE, ord(data[position + 2]) - _DIGIT_BASE
+                    self.found.append(high * _DIGITS + low)
+                position = data.find(_SENTINEL, position + 1)
+        if data:
+            self.at_line_start = top_level and data.endswith("\n")
 
 
-def _mask_inline(text: str) -> str:
-    """Mask HTML comments and inline code spans, keeping newlines so lines still line up.
+def _top_level_lines(lines: list[str]) -> list[int]:
+    """Indexes of the lines that start a line of a top-level paragraph as GitHub renders the text.
 
-    Both can span lines (``<!--`` up to ``-->``, a code span up to the next blank line), and a line
-    that starts inside either is not a command. An unclosed ``<!--`` hides the rest of the text.
+    Each line that could hold a command (first non-blank character ``/`` or ``@``) gets an invisible
+    private-use marker in front of that character; cmark-gfm (GitHub's own Markdown library) renders the
+    text, and the marked lines that come out at the start of a line of a top-level paragraph are the
+    ones returned. The marker sits where no Markdown construct begins or ends, so it cannot change how
+    the text parses: a line inside a code block, quote (lazy continuation lines included), list,
+    table, raw HTML element or HTML comment stays inside it.
     """
-    chars = list(text)
-    length = len(text)
-
-    def mask(start: int, stop: int, symbol: str) -> None:
-        for index in range(start, stop):
-            if chars[index] != "\n":
-                chars[index] = symbol
-
-    position = 0
-    while position < length:
-        if text.startswith("<!--", position):
-            end = text.find("-->", position + 4)
-            stop = length if end == -1 else end + 3
-            mask(position, stop, _COMMENT_MASK)
-            position = stop
-            continue
-        char = text[position]
-        if char == "\\":
-            position += 2
-            continue
-        if char == "`":
-            run_end = position
-            while run_end < length and text[run_end] == "`":
-                run_end += 1
-            run = run_end - position
-            paragraph = _BLANK_LINE.search(text, run_end)
-            limit = paragraph.start() if paragraph else length
-            closing = None
-            for candidate in _BACKTICKS.finditer(text, run_end, limit):
-                if len(candidate.group()) == run:
-                    closing = candidate
-                    break
-            if closing is not None:
-                mask(position, closing.end(), _CODE_MASK)
-                position = closing.end()
-            else:
-                position = run_end
-            continue
-        position += 1
-    return "".join(chars)
+    candidates = [index for index, line in enumerate(lines) if _CANDIDATE.match(line)]
+    if not candidates:
+        return []
+    marked = list(lines)
+    for index in candidates:
+        line = lines[index]
+        indent = len(line) - len(line.lstrip(" \t"))
+        marked[index] = line[:indent] + _mark(index) + line[indent:]
+    text = "\n".join(line.replace(_SENTINEL, "\ufffd") if i not in candidates else line
+                     for i, line in enumerate(marked))
+    # Lone surrogates (possible in JSON) are not UTF-8; cmark never sees them, lines keep their numbers.
+    text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    html = gfm_to_html(text, _RENDER_OPTIONS)
+    reader = _LineStarts()
+    reader.feed(html)
+    reader.close()
+    wanted = set(candidates)
+    return sorted({index for index in reader.found if index in wanted})
 
 
 def _split_args(text: str) -> tuple[str, ...]:
@@ -242,27 +280,22 @@ def _split_args(text: str) -> tuple[str, ...]:
 def parse(text: str, bot_login: str) -> list[Command]:
     """Return the commands in a comment or issue body, in order.
 
-    A command is a line starting (after at most three spaces) with ``/name`` or ``@<bot_login> name``;
-    names are case-insensitive (returned lower-case, ``_`` read as ``-``). Lines in fenced or indented
-    code, inline code, block quotes and HTML comments are skipped. Unknown names are returned too:
-    ``decide`` ignores them unless they address the bot.
+    A command is a line that starts a line of a top-level paragraph as GitHub renders the text, with
+    ``/name`` or ``@<bot_login> name``; names are case-insensitive (returned lower-case, ``_`` read as
+    ``-``). Anything rendered as code (fenced, indented, inline, ``<pre>``, ``<code>``), quoted (block
+    quotes and their lazy continuation lines), inside a list, table, ``<details>`` or other HTML element,
+    or inside an HTML comment is not a command. Unknown names are returned too: ``decide`` ignores
+    them unless they address the bot.
     """
     if not text:
         return []
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    unfenced = _blank_fenced_lines(lines)
-    masked_lines = _mask_inline("\n".join(unfenced)).split("\n")
     addressed_pattern = _bot_name_pattern(bot_login)
     commands: list[Command] = []
-    for lineno, (original, masked) in enumerate(zip(unfenced, masked_lines), start=1):
-        expanded = masked.expandtabs(4)
-        indent = len(expanded) - len(expanded.lstrip(" "))
-        if indent >= 4 or not expanded.strip():
-            continue  # indented code block (or nothing)
-        offset = len(masked) - len(masked.lstrip(" "))
-        body = masked[offset:]
-        if body.startswith(">"):
-            continue  # block quote
+    for index in _top_level_lines(lines):
+        original = lines[index]
+        offset = len(original) - len(original.lstrip(" \t"))
+        body = original[offset:]
         match = _SLASH_COMMAND.match(body)
         addressed = False
         if match is None and addressed_pattern is not None:
@@ -270,12 +303,10 @@ def parse(text: str, bot_login: str) -> list[Command]:
             addressed = match is not None
         if match is None:
             continue
-        rest_start = offset + match.end()
-        rest = "".join(
-            original[index] for index in range(rest_start, len(original)) if masked[index] != _COMMENT_MASK
-        )
+        # Hidden text is no argument: an HTML comment (to the line's end when it runs on) is dropped.
+        rest = _HTML_COMMENT.sub("", body[match.end():])
         name = match.group(1).lower().replace("_", "-")
-        commands.append(Command(name, _split_args(rest), original.strip(), addressed, lineno))
+        commands.append(Command(name, _split_args(rest), original.strip(), addressed, index + 1))
     return commands
 
 
@@ -677,3 +708,55 @@ def _duplicate_command(command: Command, state: _IssueState, repo_labels: dict[s
         plan.add(Close(state.number, "duplicate"))
         state.open = False
     verdict(command, True, f"duplicate of #{original}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Who decided a close (for ``/reopen`` by the author)
+
+LIFECYCLE = ":lifecycle"
+"""``who_closed`` answer for a close the bot made on its own (needs-info or stale)."""
+
+LIFECYCLE_CLOSE_MARKERS = ("needs-info-close", "stale-close")
+"""Markers of the comment the lifecycle posts just before it closes an issue."""
+
+
+def who_closed(events: list[dict[str, Any]], comments: list[dict[str, Any]], *, bot_login: str,
+               audit_requester: str | None, audit_has_close: bool) -> str | None:
+    """Who decided the issue's last close: a login, ``LIFECYCLE`` (the bot on its own) or ``None`` (unknown).
+
+    GitHub names the bot as the closer whether the lifecycle closed the issue or a maintainer's
+    ``/close`` or ``/duplicate`` did, so the bot's closes are told apart by durable records:
+    ``audit_requester`` is who ran the command behind the bot's last recorded close (``None`` when that
+    close came from no command), and a lifecycle close always posts its marked comment first (on
+    GitHub, so it survives a lost database). A bot close that neither explains is ``None``: the author
+    may not undo what nobody can show was the bot's own decision.
+    """
+    last_close: dict[str, Any] | None = None
+    period_start = boundary = ""  # the last close's open period starts at the close or reopen before it
+    for event in events:
+        if event.get("event") == "closed":
+            period_start, last_close = boundary, event
+        if event.get("event") in ("closed", "reopened"):
+            boundary = str(event.get("created_at") or "")
+    if last_close is not None:
+        closer = ((last_close.get("actor") or {}).get("login") or "")
+        if not _same_login(closer, bot_login):
+            return closer or None
+    if audit_requester is not None:
+        return audit_requester
+    if last_close is None:  # GitHub shows no close (history not returned): the audit log alone
+        return LIFECYCLE if audit_has_close else None
+    closed_at = str(last_close.get("created_at") or "")
+    for comment in comments:
+        created = str(comment.get("created_at") or "")
+        body = comment.get("body") or ""
+        if (_same_login((comment.get("user") or {}).get("login") or "", bot_login)
+                and period_start <= created <= closed_at
+                and any(marker(kind).removesuffix(" -->") + ":" in body for kind in LIFECYCLE_CLOSE_MARKERS)):
+            return LIFECYCLE
+    return None
+
+
+def author_may_reopen(decider: str | None, author: str) -> bool:
+    """The author may undo only the bot's own close, or a close they asked for themselves."""
+    return decider == LIFECYCLE or (bool(decider) and bool(author) and _same_login(decider or "", author))

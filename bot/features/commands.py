@@ -12,11 +12,12 @@ set per-issue flags in the database, so they live here.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
 import logging
+import json
 import re
-import time
 import weakref
 from collections.abc import Iterable
 from typing import Any, Callable
@@ -26,6 +27,7 @@ import gidgethub
 from gidgethub.routing import Router
 
 from bot import db as bot_db
+from bot import limits
 from bot.actions import apply, audit, repo_labels
 from bot.config import RepoConfig
 from bot.context import Context
@@ -36,10 +38,12 @@ from bot.core.commands import (
     CommandOutcome,
     FeatureCall,
     _quote,
+    author_may_reopen,
     decide,
     help_text,
     new_commands,
     parse,
+    who_closed,
 )
 from bot.core.plan import Comment, Plan, React, marker
 
@@ -50,8 +54,22 @@ PERMISSION_TTL = 60.0
 """Seconds a collaborator permission is trusted: long enough for one busy thread, short enough that
 removing someone's access takes effect within a minute."""
 
-SUMMARIZE_INTERVAL = 600.0
-"""``/summarize`` runs at most once per issue in this many seconds (each run is a model call)."""
+PER_ISSUE_INTERVAL = 600.0
+"""``/triage`` and ``/summarize`` each run at most once per issue in this many seconds (each run may be a
+paid fallback call)."""
+SUMMARIZE_INTERVAL = PER_ISSUE_INTERVAL  # the name this limit had before /triage shared it
+
+PER_USER_LIMIT = 6
+PER_USER_WINDOW = 3600.0
+"""Someone without write access may run ``/triage`` and ``/summarize`` (together, on any issue of any
+repository this server serves) at most this many times per window."""
+
+REPLY_WINDOW = 3600.0
+"""Someone without write access gets at most one reply (refusals, ``/help``) per issue in this many seconds;
+later ones are audited but not answered, so a flood of refused commands cannot make the bot post a flood."""
+
+PAID_COMMANDS = frozenset({"triage", "summarize"})
+"""Feature commands that may end in a model call the operator pays for."""
 
 FEATURE_FUNCTIONS: dict[str, tuple[str, str]] = {
     "triage": ("bot.features.triage", "run_triage"),
@@ -98,7 +116,8 @@ async def on_comment_created(event, gh, ctx: Context) -> None:
     if issue.get("pull_request") or _is_bot(comment.get("user")):
         return
     commands = parse(comment.get("body") or "", bot_login(ctx))
-    await run_commands(ctx, issue, commands, actor=_actor(event, comment), comment_id=comment["id"])
+    await run_commands(ctx, issue, commands, actor=_actor(event, comment), comment_id=comment["id"],
+                       claim=(f"comment:{comment['id']}", "created"))
 
 
 @router.register("issue_comment", action="edited")
@@ -110,8 +129,13 @@ async def on_comment_edited(event, gh, ctx: Context) -> None:
     body_change = (event.data.get("changes") or {}).get("body")
     if not body_change:
         return  # GitHub sends changes.body only when the text changed
-    commands = new_commands(body_change.get("from"), comment.get("body") or "", bot_login(ctx))
-    await run_commands(ctx, issue, commands, actor=_actor(event, comment), comment_id=comment["id"])
+    body = comment.get("body") or ""
+    commands = new_commands(body_change.get("from"), body, bot_login(ctx))
+    # One edit is one version: GitHub stamps it with updated_at; the body hash tells apart two edits
+    # within the same second. A replayed edit finds its version claimed and runs nothing.
+    version = f"edit:{comment.get('updated_at') or ''}:{hashlib.sha256(body.encode()).hexdigest()[:16]}"
+    await run_commands(ctx, issue, commands, actor=_actor(event, comment), comment_id=comment["id"],
+                       claim=(f"comment:{comment['id']}", version))
 
 
 @router.register("issues", action="opened")
@@ -122,7 +146,8 @@ async def on_issue_opened(event, gh, ctx: Context) -> None:
         return
     commands = parse(issue.get("body") or "", bot_login(ctx))
     actor = (issue.get("user") or {}).get("login") or ""
-    await run_commands(ctx, issue, commands, actor=actor, comment_id=None)
+    await run_commands(ctx, issue, commands, actor=actor, comment_id=None,
+                       claim=(f"issue:{issue['number']}", "opened"))
 
 
 def _actor(event, comment: dict[str, Any]) -> str:
@@ -208,6 +233,48 @@ async def closed_by_bot(ctx: Context, number: int) -> bool:
     return row is not None
 
 
+def _audit_close_requester(ctx: Context, number: int) -> tuple[bool, str | None]:
+    """(Has the bot recorded a close of this issue?, who ran the command behind the latest one, if any).
+
+    The ``command`` audit rows of the delivery that closed the issue name who asked for it; a close with
+    no ``/close`` or ``/duplicate`` in its delivery was the bot's own (the lifecycle)."""
+    row = ctx.db.execute("SELECT delivery_id FROM audit WHERE repo = ? AND issue = ? AND action = 'Close' "
+                         "AND result = 'ok' ORDER BY id DESC LIMIT 1", [ctx.repo, number]).fetchone()
+    if row is None:
+        return False, None
+    for (details,) in ctx.db.execute("SELECT details FROM audit WHERE repo = ? AND issue = ? AND delivery_id = ? "
+                                     "AND action = 'command' ORDER BY id DESC", [ctx.repo, number, row[0]]):
+        try:
+            data = json.loads(details)
+        except ValueError:
+            continue
+        if data.get("name") in ("close", "duplicate") and data.get("allowed") and data.get("actor"):
+            return True, str(data["actor"])
+    return True, None
+
+
+async def close_decider(ctx: Context, number: int) -> str | None:
+    """Who decided the last close of ``number``: a login, ``LIFECYCLE`` or ``None`` (see ``who_closed``)."""
+    events: list[dict[str, Any]] = []
+    comments: list[dict[str, Any]] = []
+    extra = {"delivery": ctx.delivery_id, "repo": ctx.repo, "issue": number}
+    try:
+        async for event in ctx.gh.getiter(ctx.url(f"/issues/{number}/events") + "?per_page=100"):
+            events.append(event)
+    except gidgethub.BadRequest as exc:
+        log.warning("events of %s#%s unreadable (%s); using the audit log", ctx.repo, number, exc, extra=extra)
+    has_close, requester = _audit_close_requester(ctx, number)
+    last_close = next((e for e in reversed(events) if e.get("event") == "closed"), None)
+    if last_close is not None and requester is None \
+            and _same_login((last_close.get("actor") or {}).get("login") or "", bot_login(ctx)):
+        # Only then do the comments matter: is the lifecycle's close comment there?
+        async for comment in ctx.gh.getiter(ctx.url(f"/issues/{number}/comments") + "?per_page=100"):
+            if _is_bot(comment.get("user")):
+                comments.append(comment)
+    return who_closed(events, comments, bot_login=bot_login(ctx), audit_requester=requester,
+                      audit_has_close=has_close)
+
+
 # --------------------------------------------------------------------------------------------------
 # Features
 
@@ -254,11 +321,34 @@ class _CallResult:
         self.ok, self.reason, self.result, self.reply = ok, reason, result, reply
 
 
-def _summarize_key(ctx: Context, number: int) -> str:
-    return f"commands:summarize:{ctx.repo}#{number}"
+def _minutes(seconds: float) -> int:
+    return max(1, round(seconds / 60))
 
 
-async def _run_call(ctx: Context, call: FeatureCall, number: int, actor: str) -> _CallResult:
+def _paid_limits(ctx: Context, name: str, number: int, actor: str, is_write: bool) -> list[limits.Limit]:
+    """The limits a paid command takes from: once per issue per interval; per user unless write access."""
+    taken = [limits.Limit(f"command:{name}:{ctx.repo}#{number}", 1, PER_ISSUE_INTERVAL)]
+    if not is_write:
+        taken.append(limits.Limit(f"command:paid-by:{actor.lower()}", PER_USER_LIMIT, PER_USER_WINDOW))
+    return taken
+
+
+def _rate_limited(ctx: Context, name: str, number: int, actor: str, is_write: bool) -> _CallResult | None:
+    """Take ``/triage`` or ``/summarize``'s slots; a refusal (one polite line, no model call) if full."""
+    refused = limits.take(ctx.db, _paid_limits(ctx, name, number, actor, is_write))
+    if refused is None:
+        return None
+    wait = refused.retry_after
+    if refused.limit.key.startswith("command:paid-by:"):
+        why = (f"was not run: `/triage` and `/summarize` together run at most {PER_USER_LIMIT} times an hour "
+               f"per person; try again in about {_minutes(wait)} min")
+    else:
+        why = (f"ran less than {int(PER_ISSUE_INTERVAL // 60)} minutes ago on this issue; "
+               f"try again in about {_minutes(wait)} min")
+    return _CallResult(False, f"rate limited ({refused.limit.key}) for {wait:.0f}s", "refused", why)
+
+
+async def _run_call(ctx: Context, call: FeatureCall, number: int, actor: str, is_write: bool = False) -> _CallResult:
     """Carry out one allowed feature command; never raises (a failure is reported, not retried)."""
     dry = "dry-run" if ctx.dry_run else "ok"
     if call.name in FLAG_COMMANDS:
@@ -266,16 +356,14 @@ async def _run_call(ctx: Context, call: FeatureCall, number: int, actor: str) ->
         if not ctx.dry_run:
             bot_db.set_flag(ctx.db, ctx.repo, number, flag, on, by=actor)
         return _CallResult(True, f"flag {flag} {'set' if on else 'cleared'}", dry)
-    if call.name == "summarize":
-        if bot_db.has_flag(ctx.db, ctx.repo, number, "no-ai"):
-            why = "is off on this issue: `/no-ai` stopped model-written text here"
-            return _CallResult(False, "no-ai is set on this issue", "refused", why)
-        last = bot_db.kv_get(ctx.db, _summarize_key(ctx, number))
-        wait = SUMMARIZE_INTERVAL - (time.time() - float(last)) if last is not None else 0.0
-        if wait > 0:
-            minutes = max(1, round(wait / 60))
-            why = f"ran less than {int(SUMMARIZE_INTERVAL // 60)} minutes ago; try again in about {minutes} min"
-            return _CallResult(False, f"rate limited for {wait:.0f}s", "refused", why)
+    if call.name == "summarize" and bot_db.has_flag(ctx.db, ctx.repo, number, "no-ai"):
+        why = "is off on this issue: `/no-ai` stopped model-written text here"
+        return _CallResult(False, "no-ai is set on this issue", "refused", why)
+    if call.name in PAID_COMMANDS and feature_function(call.name) is not None:
+        # Taken before the call, also in dry run (the model still runs there): spend is what is limited.
+        limited = _rate_limited(ctx, call.name, number, actor, is_write)
+        if limited is not None:
+            return limited
     function = feature_function(call.name)
     if function is None:  # vanished since enabled_features was computed (a reload); say so
         return _CallResult(False, "feature not present", "refused", "is not enabled here")
@@ -296,8 +384,6 @@ async def _run_call(ctx: Context, call: FeatureCall, number: int, actor: str) ->
                       extra={"delivery": ctx.delivery_id, "repo": ctx.repo, "issue": number})
         return _CallResult(False, f"{type(exc).__name__}: {exc}", "error",
                            "failed; the error is in the bot's log")
-    if call.name == "summarize" and not ctx.dry_run:
-        bot_db.kv_set(ctx.db, _summarize_key(ctx, number), time.time())
     return _CallResult(True, f"ran {FEATURE_FUNCTIONS[call.name][1]}", dry)
 
 
@@ -306,9 +392,12 @@ async def _run_call(ctx: Context, call: FeatureCall, number: int, actor: str) ->
 
 
 async def run_commands(ctx: Context, issue: dict[str, Any], commands: list[Command], *, actor: str,
-                       comment_id: int | None) -> CommandOutcome | None:
+                       comment_id: int | None, claim: tuple[str, str] | None = None) -> CommandOutcome | None:
     """Decide and carry out ``commands`` typed by ``actor`` on ``issue``; returns the outcome (or None).
 
+    ``claim`` is ``(source, version)`` of the text the commands came from (``comment:ID``, ``created`` or
+    one edit): its commands run for the first delivery that claims it, and again only when that same
+    delivery is retried; the same body re-sent under a new delivery id runs nothing.
     Feature calls run before the plan is applied, so the 👍 reaction that ends the plan means done.
     """
     config = ctx.config.section("commands")
@@ -319,10 +408,22 @@ async def run_commands(ctx: Context, issue: dict[str, Any], commands: list[Comma
         return None  # other bots' commands: not ours to answer, not worth an API call
     number = int(issue["number"])
     extra = {"delivery": ctx.delivery_id, "repo": ctx.repo, "issue": number}
+    if claim is not None:
+        holder = limits.claim(ctx.db, ctx.repo, claim[0], claim[1], ctx.delivery_id or "")
+        if holder != (ctx.delivery_id or ""):
+            log.info("commands of %s (%s) on %s#%s were run by delivery %s; not again", claim[0], claim[1][:40],
+                     ctx.repo, number, holder, extra=extra)
+            return None
     names = {command.name for command in commands}
     permission = await actor_permission(ctx, actor)
+    is_write = permission in WRITE_PERMISSIONS
     labels = await repo_labels(ctx) if names & _LABEL_COMMANDS else set()
-    bot_closed = "reopen" in names and issue.get("state") == "closed" and await closed_by_bot(ctx, number)
+    author = (issue.get("user") or {}).get("login") or ""
+    # `bot_closed` tells the core the author may reopen: only the bot's own (lifecycle) close, or one the
+    # author asked for, never a maintainer's /close or /duplicate (the bot is GitHub's closer for all).
+    bot_closed = ("reopen" in names and issue.get("state") == "closed" and not is_write
+                  and _same_login(actor, author)
+                  and author_may_reopen(await close_decider(ctx, number), author))
     existing = await _existing_issues(ctx, commands, number)
     assignable = await _assignable(ctx, commands, actor, permission)
     features = enabled_features(ctx.config)
@@ -333,7 +434,7 @@ async def run_commands(ctx: Context, issue: dict[str, Any], commands: list[Comma
     )
     results: dict[int, _CallResult] = {}
     for call in outcome.calls:
-        results[id(call.command)] = await _run_call(ctx, call, number, actor)
+        results[id(call.command)] = await _run_call(ctx, call, number, actor, is_write)
     late = [(call.command, results[id(call.command)]) for call in outcome.calls if results[id(call.command)].reply]
     if late:
         _add_refusals(outcome.plan, number, actor, comment_id,
@@ -343,6 +444,7 @@ async def run_commands(ctx: Context, issue: dict[str, Any], commands: list[Comma
                   if verdict.allowed and (id(verdict.command) not in results or results[id(verdict.command)].ok))
         if not ran:
             outcome.plan.actions = [action for action in outcome.plan.actions if not isinstance(action, React)]
+    reply_state = _limit_reply(ctx, outcome.plan, number, actor, comment_id, is_write)
     for verdict in outcome.verdicts:
         called = results.get(id(verdict.command))
         allowed = verdict.allowed and (called is None or called.ok)
@@ -354,12 +456,34 @@ async def run_commands(ctx: Context, issue: dict[str, Any], commands: list[Comma
         audit(ctx, "command", number, {
             "command": verdict.command.line, "name": verdict.command.name, "args": list(verdict.command.args),
             "actor": actor, "permission": permission, "allowed": allowed, "reason": reason,
-            "comment_id": comment_id,
+            "comment_id": comment_id, **({"reply": reply_state} if reply_state else {}),
         }, result)
     log.info("commands on %s#%s by %s: %s", ctx.repo, number, actor, outcome.plan.reason, extra=extra)
     if outcome.plan:
         await apply(outcome.plan, ctx)
     return outcome
+
+
+def _limit_reply(ctx: Context, plan: Plan, number: int, actor: str, comment_id: int | None,
+                 is_write: bool) -> str | None:
+    """At most one reply per person without write access per issue per ``REPLY_WINDOW``.
+
+    Returns ``None`` when the plan has no reply, ``"posted"`` when it keeps it, ``"suppressed"`` when the
+    reply was dropped (the commands' audit rows say so; nothing is written to GitHub for it)."""
+    reply_marker = marker("reply", comment_id if comment_id is not None else f"issue-{number}")
+    index = next((i for i, action in enumerate(plan.actions)
+                  if isinstance(action, Comment) and action.marker == reply_marker), None)
+    if index is None:
+        return None
+    if is_write:
+        return "posted"
+    refused = limits.take(ctx.db, [limits.Limit(f"reply:{ctx.repo}#{number}:{actor.lower()}", 1, REPLY_WINDOW)])
+    if refused is None:
+        return "posted"
+    del plan.actions[index]
+    log.info("reply to %s on %s#%s suppressed: replied within the last %d min", actor, ctx.repo, number,
+             int(REPLY_WINDOW // 60), extra={"delivery": ctx.delivery_id, "repo": ctx.repo, "issue": number})
+    return "suppressed"
 
 
 async def _existing_issues(ctx: Context, commands: Iterable[Command], number: int) -> set[int]:

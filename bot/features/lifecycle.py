@@ -100,21 +100,15 @@ def _issue_labels(issue: dict[str, Any]) -> set[str]:
 
 # ------------------------------------------------------------------------------------ webhooks
 async def bot_closed_issue(ctx: Context, issue_number: int) -> bool:
-    """Whether the last close of the issue was the bot's: the issue events say who closed it.
+    """Whether the last close was the bot's own (the lifecycle's), so the author's reply may reopen it.
 
-    An issue whose events show no close at all (history GitHub no longer returns) falls back to the
-    audit log.
+    GitHub names the bot as the closer for a maintainer's ``/close`` or ``/duplicate`` too; those are
+    a person's decision and an author's reply must not undo them (see ``bot.features.commands.close_decider``).
     """
-    bot_login = bot_login_for(ctx.settings).lower()
-    last_closer: str | None = None
-    async for event in ctx.gh.getiter(ctx.url(f"/issues/{issue_number}/events") + "?per_page=100"):
-        if event.get("event") == "closed":
-            last_closer = ((event.get("actor") or {}).get("login") or "").lower()
-    if last_closer is not None:
-        return last_closer == bot_login
-    row = ctx.db.execute("SELECT 1 FROM audit WHERE repo = ? AND issue = ? AND action = 'Close' AND result = 'ok'",
-                         [ctx.repo, issue_number]).fetchone()
-    return row is not None
+    from bot.core.commands import LIFECYCLE
+    from bot.features.commands import close_decider
+
+    return await close_decider(ctx, issue_number) == LIFECYCLE
 
 
 async def _on_activity(ctx: Context, issue: dict[str, Any], actor: dict[str, Any],

@@ -291,24 +291,30 @@ class Cascade:
             return "no fallback configured"
         if not fallback_config.get("enabled", True):
             return "fallback disabled in config"
-        capped = self.budget.check(installation_id, fallback_config)
+        reservation, capped = self.budget.reserve(repo, fallback_config)
         if capped:
+            log.info("fallback not called for %s: %s", repo, capped, extra={"repo": repo, "issue": issue_number})
             return capped
         try:
-            prediction = self.remote.predict(issue)
-        except RemoteError as exc:
-            failed = Prediction(kind="other", confidence=0.0, tier="remote",
-                                model=getattr(self.remote, "model_id", "remote"), valid=False,
-                                input_tokens=exc.input_tokens, output_tokens=exc.output_tokens,
-                                cost_usd=exc.cost_usd, reason=exc.reason)
-            self._log(failed, repo=repo, issue_number=issue_number, delivery_id=delivery_id,
-                      installation_id=installation_id, escalated=True, reason=f"{why}; {exc.reason}",
-                      log_as=log_as, log_extra=log_extra)
-            self.budget.record(installation_id, exc.cost_usd)
-            return f"fallback failed: {exc.reason}"
-        prediction.escalated = True
-        prediction.reason = why
-        self._log(prediction, repo=repo, issue_number=issue_number, delivery_id=delivery_id,
-                  installation_id=installation_id, escalated=True, reason=why, log_as=log_as, log_extra=log_extra)
-        self.budget.record(installation_id, prediction.cost_usd)
-        return prediction
+            try:
+                prediction = self.remote.predict(issue)
+            except RemoteError as exc:
+                failed = Prediction(kind="other", confidence=0.0, tier="remote",
+                                    model=getattr(self.remote, "model_id", "remote"), valid=False,
+                                    input_tokens=exc.input_tokens, output_tokens=exc.output_tokens,
+                                    cost_usd=exc.cost_usd, reason=exc.reason)
+                self._log(failed, repo=repo, issue_number=issue_number, delivery_id=delivery_id,
+                          installation_id=installation_id, escalated=True, reason=f"{why}; {exc.reason}",
+                          log_as=log_as, log_extra=log_extra)
+                self.budget.record(repo, exc.cost_usd)
+                return f"fallback failed: {exc.reason}"
+            prediction.escalated = True
+            prediction.reason = why
+            self._log(prediction, repo=repo, issue_number=issue_number, delivery_id=delivery_id,
+                      installation_id=installation_id, escalated=True, reason=why, log_as=log_as,
+                      log_extra=log_extra)
+            self.budget.record(repo, prediction.cost_usd)
+            return prediction
+        finally:
+            # After the call is in the log, so it is counted by one or the other at every moment.
+            self.budget.release(reservation)

@@ -33,7 +33,7 @@ def classifier_loader(db: Any):
 
 def build_cascade(settings: Any, db: Any, *, metrics: Any = None, local: Model | None = None) -> Cascade:
     """The cascade for the server: local GGUF + per-repo classifiers, fallback if configured."""
-    from bot.models.remote import RemoteModel
+    from bot.models.remote import DailyBudget, RemoteModel
 
     if local is None:
         from bot.models.local import LocalModel
@@ -42,16 +42,29 @@ def build_cascade(settings: Any, db: Any, *, metrics: Any = None, local: Model |
     remote = RemoteModel.from_settings(settings)
     if remote is None:
         log.info("no OPENAI_API_KEY: no fallback; the bot acts only on what the local tier is sure of")
-    cascade = Cascade(local=local, remote=remote, classifiers=classifier_loader(db), db=db)
+    # The operator's ceilings hold over every repository; a repo's `fallback` caps only lower them.
+    budget = DailyBudget(db, max_calls=getattr(settings, "fallback_max_calls_per_day", None),
+                         max_cost=getattr(settings, "fallback_max_cost_per_day", None))
+    cascade = Cascade(local=local, remote=remote, classifiers=classifier_loader(db), db=db, budget=budget)
     # A repo's `triage.candidate.model_path` may only name a GGUF the operator put here (CANDIDATE_MODEL_DIR).
     cascade.candidate_dirs = [d for d in (getattr(settings, "candidate_model_dir", None),) if d]
     return cascade
 
 
-def wrap(model: Any, db: Any) -> Cascade:
-    """Put a bare model (e.g. the tests' FakeModel) behind the cascade, so logging and thresholds apply."""
+def wrap(model: Any, db: Any, settings: Any = None) -> Cascade:
+    """Put a bare model (e.g. the tests' FakeModel) behind the cascade, so logging and thresholds apply.
+
+    A cascade made elsewhere gets the database and, with ``settings``, the operator's spend ceilings
+    when it has none of its own: no way into the server skips them."""
     if isinstance(model, Cascade):
         if model.db is None:
             model.db = db
+        if model.budget.db is None:
+            model.budget.db = db
+        if settings is not None:
+            if model.budget.max_calls is None:
+                model.budget.max_calls = getattr(settings, "fallback_max_calls_per_day", None)
+            if model.budget.max_cost is None:
+                model.budget.max_cost = getattr(settings, "fallback_max_cost_per_day", None)
         return model
     return Cascade(local=model, remote=None, classifiers=classifier_loader(db), db=db)

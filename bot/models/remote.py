@@ -3,12 +3,14 @@
 Used only when the local tiers are unsure. Asks for ``json_schema`` output and falls back to
 ``json_object`` (then validates) on servers that reject it; re-asks once on invalid output; retries 429
 and 5xx (and timeouts) with exponential backoff; a circuit breaker stops calling a server that keeps
-failing; ``DailyBudget`` enforces per-installation caps on calls and estimated cost per UTC day.
+failing; ``DailyBudget`` enforces each repository's caps and the operator's ceilings on calls and estimated
+cost per UTC day.
 """
 from __future__ import annotations
 
 import logging
 import random
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
@@ -93,46 +95,82 @@ class CircuitBreaker:
 
 
 class DailyBudget:
-    """Per-installation caps on fallback calls and estimated cost per UTC day.
+    """Caps on fallback calls and estimated cost per UTC day, in two layers.
 
-    With a database, the day's usage is read from ``model_calls`` (rows with ``tier='remote'`` and the
-    installation's id), so caps hold across restarts and worker threads; without one it is counted here.
+    * Each repository's own caps (``fallback.max_calls_per_day`` / ``max_cost_per_day`` in its config),
+      counted over that repository's calls only, so one repo's generous caps cannot starve another.
+    * The operator's ceilings (``FALLBACK_MAX_CALLS_PER_DAY`` / ``FALLBACK_MAX_COST_PER_DAY``), counted
+      over every repository the server serves. A repo config can lower what it may spend, never raise
+      it past these: the operator pays.
+
+    With a database, the day's usage is read from ``model_calls`` (remote tiers) plus the calls in
+    flight (``fallback_reservations``), checked and reserved in one ``BEGIN IMMEDIATE`` transaction, so
+    concurrent workers (and processes sharing the file) cannot overshoot a call cap. The cost of a call
+    is known only after it, so a cost cap can be passed by at most the calls in flight when it is reached.
+    Without a database it is counted here (tests, the demo).
     """
 
-    def __init__(self, db: Any = None, clock: Callable[[], float] = time.time) -> None:
+    RESERVATION_TTL = 900.0
+    """A reservation older than this belongs to a worker that died mid-call; it no longer counts."""
+
+    def __init__(self, db: Any = None, clock: Callable[[], float] = time.time, *,
+                 max_calls: int | None = None, max_cost: float | None = None) -> None:
         self.db = db
         self.clock = clock
-        self._counts: dict[tuple[int, int], list[float]] = {}
+        self.max_calls = max_calls
+        self.max_cost = max_cost
+        self._counts: dict[tuple[str | None, int], list[float]] = {}
         self._lock = threading.Lock()
+        self._schema_ready = False
 
     def _day(self) -> tuple[int, float]:
         now = self.clock()
         day = int(now // 86400)
         return day, day * 86400.0
 
-    def usage(self, installation_id: int) -> tuple[int, float]:
-        """Calls made and dollars spent today by this installation."""
-        day, start = self._day()
+    def _ensure_schema(self) -> None:
+        if not self._schema_ready:
+            self.db.execute("CREATE TABLE IF NOT EXISTS fallback_reservations "
+                            "(id INTEGER PRIMARY KEY, repo TEXT NOT NULL, ts REAL NOT NULL)")
+            self._schema_ready = True
+
+    def _db_usage(self, conn: Any, repo: str | None) -> tuple[int, float]:
+        _, start = self._day()
+        where, args = ("AND repo = ?", [repo]) if repo is not None else ("", [])
+        try:
+            row = conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(cost_usd), 0) FROM model_calls "
+                f"WHERE (tier = ? OR tier LIKE ?) AND ts >= ? {where}",
+                [TIER_REMOTE, f"%:{TIER_REMOTE}", start, *args],
+            ).fetchone()
+        except sqlite3.OperationalError:  # no call log yet: nothing spent
+            row = (0, 0.0)
+        in_flight = conn.execute(
+            f"SELECT COUNT(*) FROM fallback_reservations WHERE ts >= ? {where}",
+            [self.clock() - self.RESERVATION_TTL, *args],
+        ).fetchone()[0]
+        return int(row[0]) + int(in_flight), float(row[1])
+
+    def usage(self, repo: str | None = None) -> tuple[int, float]:
+        """Calls made (or in flight) and dollars spent today by ``repo``, or by every repo (``None``)."""
         if self.db is not None:
-            try:
-                columns = {c.name for c in self.db["model_calls"].columns}
-            except Exception:  # table missing: nothing spent
-                columns = set()
-            if "installation_id" in columns:
-                row = self.db.execute(
-                    "SELECT COUNT(*), COALESCE(SUM(cost_usd), 0) FROM model_calls "
-                    "WHERE tier = ? AND installation_id = ? AND ts >= ?",
-                    [TIER_REMOTE, installation_id, start],
-                ).fetchone()
-                return int(row[0]), float(row[1])
-            return 0, 0.0
+            self._ensure_schema()
+            return self._db_usage(self.db.conn, repo)
+        day, _ = self._day()
         with self._lock:
-            calls, cost = self._counts.get((installation_id, day), [0, 0.0])
+            calls, cost = self._counts.get((repo, day), [0, 0.0])
             return int(calls), float(cost)
 
-    def check(self, installation_id: int, fallback_config: dict[str, Any]) -> str | None:
-        """``None`` if another call is allowed today, else the reason it is not."""
-        calls, cost = self.usage(installation_id)
+    def _refusal(self, repo: str, fallback_config: dict[str, Any],
+                 usage: Callable[[str | None], tuple[int, float]]) -> str | None:
+        if self.max_calls is not None or self.max_cost is not None:
+            calls, cost = usage(None)
+            if self.max_calls is not None and calls >= self.max_calls:
+                return f"operator's daily call ceiling reached ({calls}/{self.max_calls}, FALLBACK_MAX_CALLS_PER_DAY)"
+            if self.max_cost is not None and cost >= self.max_cost:
+                return (f"operator's daily cost ceiling reached (${cost:.4f}/${self.max_cost:.2f}, "
+                        "FALLBACK_MAX_COST_PER_DAY)")
+        calls, cost = usage(repo)
         max_calls = int(fallback_config.get("max_calls_per_day", 0))
         max_cost = float(fallback_config.get("max_cost_per_day", 0.0))
         if calls >= max_calls:
@@ -141,15 +179,48 @@ class DailyBudget:
             return f"daily cost cap reached (${cost:.4f}/${max_cost:.2f})"
         return None
 
-    def record(self, installation_id: int, cost_usd: float) -> None:
+    def check(self, repo: str, fallback_config: dict[str, Any]) -> str | None:
+        """``None`` if another call for ``repo`` is allowed today, else the reason it is not."""
+        return self._refusal(repo, fallback_config, self.usage)
+
+    def reserve(self, repo: str, fallback_config: dict[str, Any]) -> tuple[int | None, str | None]:
+        """Check the caps and hold a slot for one call: ``(reservation, None)`` or ``(None, reason)``.
+
+        Pass the reservation to :meth:`release` once the call is in the call log (or failed)."""
+        if self.db is None:
+            return None, self.check(repo, fallback_config)
+        self._ensure_schema()
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            reason = self._refusal(repo, fallback_config, lambda which: self._db_usage(conn, which))
+            reservation = None
+            if reason is None:
+                conn.execute("DELETE FROM fallback_reservations WHERE ts < ?",
+                             [self.clock() - self.RESERVATION_TTL])
+                reservation = conn.execute("INSERT INTO fallback_reservations (repo, ts) VALUES (?, ?)",
+                                           [repo, self.clock()]).lastrowid
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return reservation, reason
+
+    def release(self, reservation: int | None) -> None:
+        """Drop a reservation (the call it held is in ``model_calls`` now, or never happened)."""
+        if self.db is not None and reservation is not None:
+            self.db.execute("DELETE FROM fallback_reservations WHERE id = ?", [reservation])
+
+    def record(self, repo: str, cost_usd: float) -> None:
         """Count a call when there is no database (with one, the call log is the record)."""
         if self.db is not None:
             return
         day, _ = self._day()
         with self._lock:
-            entry = self._counts.setdefault((installation_id, day), [0, 0.0])
-            entry[0] += 1
-            entry[1] += cost_usd
+            for key in ((repo, day), (None, day)):
+                entry = self._counts.setdefault(key, [0, 0.0])
+                entry[0] += 1
+                entry[1] += cost_usd
 
 
 class RemoteModel:
