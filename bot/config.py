@@ -223,6 +223,10 @@ class Settings:
     max_attempts: int = 5
     write_spacing: float = 1.0
     schedule: bool = True
+    health_token: str = ""            # bearer token for /health details; empty: details not served
+    metrics_token: str = ""           # bearer token for /metrics with per-installation series
+    health_max_queue_age: float = 900.0  # /health is not ready when the oldest pending delivery is older
+    webhook_memory_budget: int = 64 * 1024 * 1024  # bytes of webhook bodies read at once, all requests
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, *, require_app: bool = True) -> "Settings":
@@ -254,6 +258,10 @@ class Settings:
             candidate_model_dir=env.get("CANDIDATE_MODEL_DIR") or None,
             write_spacing=float(env.get("WRITE_SPACING_SECONDS") or 1.0),
             schedule=not _flag(env.get("DISABLE_SCHEDULER")),
+            health_token=env.get("HEALTH_TOKEN", ""),
+            metrics_token=env.get("METRICS_TOKEN", ""),
+            health_max_queue_age=float(env.get("HEALTH_MAX_QUEUE_AGE_SECONDS") or 900),
+            webhook_memory_budget=int(float(env.get("WEBHOOK_MEMORY_BUDGET_MB") or 64) * 1024 * 1024),
         )
         if require_app:
             settings.check()

@@ -8,6 +8,7 @@ failures retry with backoff and are finally parked as ``failed`` with their erro
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import random
@@ -17,6 +18,8 @@ import weakref
 from typing import Any, Awaitable, Callable
 
 import sqlite_utils
+
+from bot.db import DbThread
 
 log = logging.getLogger(__name__)
 
@@ -32,18 +35,32 @@ def _locate(payload: dict[str, Any]) -> tuple[str | None, int | None, int | None
 
 _INSERT_DELIVERY = (
     "INSERT OR IGNORE INTO deliveries (id, event, action, repo, issue, installation_id, status,"
-    " attempts, next_attempt_at, received_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, 0, ?)")
+    " attempts, next_attempt_at, received_at, body_sha256) VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, 0, ?, ?)")
 _INSERT_PAYLOAD = "INSERT OR REPLACE INTO delivery_payloads (id, payload) VALUES (?, ?)"
 
+# Seconds the intake writer waits for a write lock another connection holds before giving up (the
+# webhook then answers 503): well under GitHub's 10 s, long enough for any write of our own.
+INTAKE_BUSY_TIMEOUT = 3.0
 
-def _row(delivery_id: str, event: str, payload: dict[str, Any], raw: bytes | None) -> tuple[tuple, str]:
+
+def body_sha256(event: str, text: str) -> str:
+    """The dedupe key of a delivery's content: the event name and the stored payload text."""
+    return hashlib.sha256(event.encode("utf-8") + b"\n" + text.encode("utf-8")).hexdigest()
+
+
+def _row(delivery_id: str, event: str, payload: dict[str, Any], raw: bytes | str | None) -> tuple[tuple, str]:
     repo, issue, installation = _locate(payload)
-    text = raw.decode("utf-8") if raw is not None else json.dumps(payload)
-    return (delivery_id, event, payload.get("action"), repo, issue, installation, time.time()), text
+    if raw is None:
+        text = json.dumps(payload)
+    else:
+        text = raw if isinstance(raw, str) else raw.decode("utf-8")
+    return (delivery_id, event, payload.get("action"), repo, issue, installation, time.time(),
+            body_sha256(event, text)), text
 
 
 def _insert(conn: sqlite3.Connection, row: tuple, text: str) -> bool:
-    """Both inserts of one delivery, inside the caller's transaction; False for a redelivery."""
+    """Both inserts of one delivery, inside the caller's transaction; False for a redelivery (the same
+    id) or a replay (the same event and body under another id)."""
     new = conn.execute(_INSERT_DELIVERY, row).rowcount == 1
     if new:
         conn.execute(_INSERT_PAYLOAD, (row[0], text))
@@ -51,82 +68,121 @@ def _insert(conn: sqlite3.Connection, row: tuple, text: str) -> bool:
 
 
 def enqueue(db: sqlite_utils.Database, delivery_id: str, event: str, payload: dict[str, Any],
-            raw: bytes | None = None) -> bool:
-    """Store a delivery; False if this delivery id was seen before (GitHub redelivery)."""
+            raw: bytes | str | None = None) -> bool:
+    """Store a delivery; False if this delivery id, or this event with this body, was seen before."""
     row, text = _row(delivery_id, event, payload, raw)
     with db.conn:  # one transaction: the delivery and its payload land together or not at all
         db.conn.execute("BEGIN")
         return _insert(db.conn, row, text)
 
 
+def duplicate_of(db: sqlite_utils.Database, delivery_id: str, event: str, text: str) -> str | None:
+    """For a delivery that was not new: the id of the earlier delivery with the same body, if that
+    is why (None when it was the same id, i.e. a redelivery)."""
+    row = db.execute("SELECT id FROM deliveries WHERE body_sha256 = ?", [body_sha256(event, text)]).fetchone()
+    return row[0] if row and row[0] != delivery_id else None
+
+
 class GroupCommit:
-    """Enqueue for the event loop: the deliveries that arrive together share one transaction.
+    """Enqueue for the event loop: the deliveries that arrive together share one transaction, written
+    in a thread of its own.
 
     ``submit`` returns a future that resolves (to "is new") only after the transaction holding that
     delivery has committed, so a caller that awaits it before answering 202 still answers only for a
-    stored delivery. The commit runs as a loop callback right after the requests that are ready in the
-    same loop iteration have been parsed: under load one commit (and one set of WAL index pages)
-    serves many deliveries; alone, a delivery waits for no one.
+    stored delivery. One transaction is in flight at a time; the deliveries that arrive meanwhile form
+    the next one, so under load one commit (and one set of WAL index pages) serves many deliveries and
+    alone a delivery waits for no one. The transaction runs off the loop with a busy timeout of
+    ``INTAKE_BUSY_TIMEOUT``: when another process holds the database, the waiting requests get
+    "database is locked" after seconds, and /health and everything else keep answering meanwhile.
     """
 
-    def __init__(self, db: sqlite_utils.Database) -> None:
+    def __init__(self, db: sqlite_utils.Database, busy_timeout: float = INTAKE_BUSY_TIMEOUT) -> None:
         self.db = db
+        self.thread = DbThread(db, busy_timeout, "intake-writer")
         self._batch: list[tuple[asyncio.Future, tuple, str]] = []
+        self._writing = False
+        self._task: asyncio.Task | None = None
         self.commits = 0      # transactions written (for tests and benchmarks)
         self.deliveries = 0   # deliveries submitted
 
-    def submit(self, delivery_id: str, event: str, payload: dict[str, Any], raw: bytes | None = None
+    def submit(self, delivery_id: str, event: str, payload: dict[str, Any], raw: bytes | str | None = None
                ) -> asyncio.Future:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         row, text = _row(delivery_id, event, payload, raw)
-        if not self._batch:
-            loop.call_soon(self._commit)
         self._batch.append((future, row, text))
+        if not self._writing:
+            # The task's first step runs in the next loop iteration: the requests parsed in this one
+            # join the same transaction.
+            self._writing = True
+            self._task = loop.create_task(self._write_batches())
         return future
 
-    def _commit(self) -> None:
-        batch, self._batch = self._batch, []
-        if not batch:
-            return
+    async def _write_batches(self) -> None:
+        try:
+            while self._batch:
+                batch, self._batch = self._batch, []
+                try:
+                    results = await self.thread.run(self._write, [(row, text) for _f, row, text in batch])
+                except BaseException as exc:  # noqa: BLE001 - every waiting request learns it was not stored
+                    for future, _row_, _text in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                self.commits += 1
+                self.deliveries += len(batch)
+                for (future, _row_, _text), new in zip(batch, results):
+                    if not future.done():
+                        future.set_result(new)
+        finally:
+            self._writing = False
+
+    def _write(self, rows: list[tuple[tuple, str]]) -> list[bool]:
         conn = self.db.conn
         try:
             conn.execute("BEGIN IMMEDIATE")
-            results = [_insert(conn, row, text) for _future, row, text in batch]
+            results = [_insert(conn, row, text) for row, text in rows]
             conn.execute("COMMIT")
-        except BaseException as exc:  # noqa: BLE001 - every waiting request learns it was not stored
+        except BaseException:
             if conn.in_transaction:
                 try:
                     conn.execute("ROLLBACK")
                 except sqlite3.Error:
                     pass
-            for future, _row_, _text in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        self.commits += 1
-        self.deliveries += len(batch)
-        for (future, _row_, _text), new in zip(batch, results):
-            if not future.done():
-                future.set_result(new)
+            raise
+        return results
+
+    def close(self) -> None:
+        self.thread.close()
+        _group_commits.pop(self.db, None)
 
 
 _group_commits: "weakref.WeakKeyDictionary[sqlite_utils.Database, GroupCommit]" = weakref.WeakKeyDictionary()
 
 
 def group_commit(db: sqlite_utils.Database) -> GroupCommit:
-    """The GroupCommit of this database handle (one per connection, created on first use)."""
+    """The GroupCommit of this database handle (one per handle, created on first use)."""
     batcher = _group_commits.get(db)
     if batcher is None:
         batcher = _group_commits[db] = GroupCommit(db)
     return batcher
 
 
+def close_group_commit(db: sqlite_utils.Database) -> None:
+    """Stop the writer thread of this database handle's GroupCommit, if it has one (server shutdown)."""
+    batcher = _group_commits.get(db)
+    if batcher is not None:
+        batcher.close()
+
+
 async def enqueue_async(db: sqlite_utils.Database, delivery_id: str, event: str, payload: dict[str, Any],
-                        raw: bytes | None = None) -> bool:
-    """``enqueue`` with group commit; returns once the delivery is committed (False: a redelivery)."""
+                        raw: bytes | str | None = None) -> bool:
+    """``enqueue`` with group commit; returns once the delivery is committed (False: seen before).
+
+    Raises ``sqlite3.Error`` (e.g. "database is locked" after ``INTAKE_BUSY_TIMEOUT``) when it was not
+    stored."""
     return await group_commit(db).submit(delivery_id, event, payload, raw)
 
 
