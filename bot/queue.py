@@ -45,7 +45,10 @@ INTAKE_BUSY_TIMEOUT = 3.0
 
 def body_sha256(event: str, text: str) -> str:
     """The dedupe key of a delivery's content: the event name and the stored payload text."""
-    return hashlib.sha256(event.encode("utf-8") + b"\n" + text.encode("utf-8")).hexdigest()
+    digest = hashlib.sha256(event.encode("utf-8"))
+    digest.update(b"\n")
+    digest.update(text.encode("utf-8"))
+    return digest.hexdigest()
 
 
 def _row(delivery_id: str, event: str, payload: dict[str, Any], raw: bytes | str | None) -> tuple[tuple, str]:
@@ -83,63 +86,107 @@ def duplicate_of(db: sqlite_utils.Database, delivery_id: str, event: str, text: 
     return row[0] if row and row[0] != delivery_id else None
 
 
+def _busy(exc: BaseException) -> bool:
+    """Is this SQLite's "database is locked/busy" (another connection holds the lock)?"""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.OperationalError) and code is not None and code & 0xFF in (5, 6)
+
+
 class GroupCommit:
-    """Enqueue for the event loop: the deliveries that arrive together share one transaction, written
-    in a thread of its own.
+    """Enqueue for the event loop: the deliveries that arrive together share one transaction.
 
     ``submit`` returns a future that resolves (to "is new") only after the transaction holding that
     delivery has committed, so a caller that awaits it before answering 202 still answers only for a
-    stored delivery. One transaction is in flight at a time; the deliveries that arrive meanwhile form
-    the next one, so under load one commit (and one set of WAL index pages) serves many deliveries and
-    alone a delivery waits for no one. The transaction runs off the loop with a busy timeout of
-    ``INTAKE_BUSY_TIMEOUT``: when another process holds the database, the waiting requests get
-    "database is locked" after seconds, and /health and everything else keep answering meanwhile.
+    stored delivery. The commit runs as a loop callback right after the requests that are ready in the
+    same loop iteration have been parsed: under load one commit (and one set of WAL index pages)
+    serves many deliveries; alone, a delivery waits for no one.
+
+    The loop never waits for a lock: the commit first tries ``BEGIN IMMEDIATE`` with no busy wait
+    (nothing else on the loop can hold the lock, so this is the path taken unless another connection
+    writes). If another connection or process holds the lock, the batch goes to a thread of its own
+    that waits at most ``busy_timeout`` seconds; its callers then get "database is locked" (the webhook
+    answers 503) while /health and everything else on the loop keep answering. Batches that arrive
+    while that thread is busy follow it there, in order.
     """
 
     def __init__(self, db: sqlite_utils.Database, busy_timeout: float = INTAKE_BUSY_TIMEOUT) -> None:
         self.db = db
         self.thread = DbThread(db, busy_timeout, "intake-writer")
         self._batch: list[tuple[asyncio.Future, tuple, str]] = []
-        self._writing = False
-        self._task: asyncio.Task | None = None
+        self._slow: list[tuple[asyncio.Future, tuple, str]] = []  # waiting for the writer thread
+        self._slow_task: asyncio.Task | None = None
+        self._loop_busy_ms: int | None = None  # the loop connection's own busy timeout, restored after
         self.commits = 0      # transactions written (for tests and benchmarks)
         self.deliveries = 0   # deliveries submitted
+        self.handed_off = 0   # batches that found the database locked and went to the writer thread
 
     def submit(self, delivery_id: str, event: str, payload: dict[str, Any], raw: bytes | str | None = None
                ) -> asyncio.Future:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         row, text = _row(delivery_id, event, payload, raw)
+        if not self._batch:
+            loop.call_soon(self._commit)
         self._batch.append((future, row, text))
-        if not self._writing:
-            # The task's first step runs in the next loop iteration: the requests parsed in this one
-            # join the same transaction.
-            self._writing = True
-            self._task = loop.create_task(self._write_batches())
         return future
 
-    async def _write_batches(self) -> None:
+    def _commit(self) -> None:
+        batch, self._batch = self._batch, []
+        if not batch:
+            return
+        if self._slow_task is not None:  # the lock was taken a moment ago: queue behind, off the loop
+            self._slow.extend(batch)
+            return
+        conn = self.db.conn
+        if self._loop_busy_ms is None:
+            self._loop_busy_ms = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+        conn.execute("PRAGMA busy_timeout=0")
         try:
-            while self._batch:
-                batch, self._batch = self._batch, []
+            results = self._write([(row, text) for _f, row, text in batch])
+        except BaseException as exc:  # noqa: BLE001 - every waiting request learns its fate
+            if _busy(exc):
+                self.handed_off += 1
+                self._slow.extend(batch)
+                self._slow_task = asyncio.get_running_loop().create_task(self._write_slow())
+                return
+            self._fail(batch, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        finally:
+            conn.execute(f"PRAGMA busy_timeout={self._loop_busy_ms}")
+        self._done(batch, results)
+
+    async def _write_slow(self) -> None:
+        try:
+            while self._slow:
+                batch, self._slow = self._slow, []
                 try:
                     results = await self.thread.run(self._write, [(row, text) for _f, row, text in batch])
                 except BaseException as exc:  # noqa: BLE001 - every waiting request learns it was not stored
-                    for future, _row_, _text in batch:
-                        if not future.done():
-                            future.set_exception(exc)
+                    self._fail(batch, exc)
                     if not isinstance(exc, Exception):
                         raise
                     continue
-                self.commits += 1
-                self.deliveries += len(batch)
-                for (future, _row_, _text), new in zip(batch, results):
-                    if not future.done():
-                        future.set_result(new)
+                self._done(batch, results)
         finally:
-            self._writing = False
+            self._slow_task = None
+
+    @staticmethod
+    def _fail(batch: list, exc: BaseException) -> None:
+        for future, _row_, _text in batch:
+            if not future.done():
+                future.set_exception(exc)
+
+    def _done(self, batch: list, results: list[bool]) -> None:
+        self.commits += 1
+        self.deliveries += len(batch)
+        for (future, _row_, _text), new in zip(batch, results):
+            if not future.done():
+                future.set_result(new)
 
     def _write(self, rows: list[tuple[tuple, str]]) -> list[bool]:
+        """One transaction for ``rows`` on the calling thread's connection."""
         conn = self.db.conn
         try:
             conn.execute("BEGIN IMMEDIATE")
