@@ -217,6 +217,7 @@ class Intake:
         self.budget = MemoryBudget(services.settings.webhook_memory_budget)
         self.health_db = DbThread(services.db, HEALTH_DB_BUSY_SECONDS, "health-db")
         self.worker_task: asyncio.Task | None = None
+        self.busy_logged = 0.0
 
     def close(self) -> None:
         self.health_db.close()
@@ -254,9 +255,11 @@ async def webhook(request: web.Request) -> web.Response:
         body = await read_signed_body(request, services.settings.webhook_secret, intake.budget)
         payload, text = decode_payload(body.data, request.content_type)
     except Rejected as refused:
-        if refused.status == 503:
-            log.warning("webhook refused: %s (%d bytes of bodies in flight)", refused.message,
-                        intake.budget.reserved)
+        if refused.status == 503 and time.monotonic() - intake.busy_logged > 10:
+            # At most one line per 10 s: a flood must not turn into a flood of log lines.
+            intake.busy_logged = time.monotonic()
+            log.warning("webhook bodies over the memory budget (%d of %d bytes in flight): answering 503;"
+                        " %d refused so far", intake.budget.reserved, intake.budget.limit, intake.budget.refused)
         return _answer(refused.status, {"error": refused.message}, refused.reason, services,
                        retry_after=refused.retry_after)
     except BadBody as exc:
