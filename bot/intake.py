@@ -28,7 +28,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 MAX_BODY = 25 * 1024 * 1024   # GitHub caps webhook payloads at 25 MB
 BODY_READ_SECONDS = 10.0      # GitHub sends a body at once; a trickle holds its reservation no longer
 CHUNKED_STEP = 1024 * 1024    # a body without Content-Length reserves as it grows, this much at a time
-MAX_JSON_DEPTH = 64           # GitHub payloads nest about 8 deep; deeper input is refused, not parsed later
+MAX_JSON_DEPTH = 100          # GitHub payloads nest about 8 deep; deeper input is refused, not parsed later
 _SIGNATURE = re.compile(r"sha256=[0-9a-fA-F]{64}")
 
 
@@ -111,19 +111,27 @@ async def read_signed_body(request: web.Request, secret: str, budget: MemoryBudg
             body.data = bytearray(declared)
         mac = hmac.new(secret.encode("utf-8"), digestmod=hashlib.sha256)
         filled = 0
-        async with asyncio.timeout(BODY_READ_SECONDS):
-            async for chunk in request.content.iter_any():
-                size = len(chunk)
-                if filled + size > MAX_BODY:
-                    raise Rejected(413, "too-large", "payload over GitHub's 25 MB cap")
-                if declared is None:
-                    while filled + size > body.reserved:
-                        body.reserve(CHUNKED_STEP)
-                    body.data += chunk
-                else:
-                    body.data[filled:filled + size] = chunk
-                mac.update(chunk)
-                filled += size
+
+        def take(chunk: bytes) -> None:
+            nonlocal filled
+            size = len(chunk)
+            if filled + size > MAX_BODY:
+                raise Rejected(413, "too-large", "payload over GitHub's 25 MB cap")
+            if declared is None:
+                while filled + size > body.reserved:
+                    body.reserve(CHUNKED_STEP)
+                body.data += chunk
+            else:
+                body.data[filled:filled + size] = chunk
+            mac.update(chunk)
+            filled += size
+
+        content = request.content
+        take(content.read_nowait())  # a small body is usually all here already: no timer for it
+        if not content.at_eof():
+            async with asyncio.timeout(BODY_READ_SECONDS):
+                async for chunk in content.iter_any():
+                    take(chunk)
         if declared is not None and filled != declared:
             raise Rejected(400, "malformed", "body shorter than its Content-Length")
         if not hmac.compare_digest("sha256=" + mac.hexdigest(), header.strip().lower()):
@@ -179,7 +187,8 @@ def _json_object(text: str, what: str) -> dict[str, Any]:
         raise BadBody(f"{what}: malformed JSON: {str(exc).splitlines()[0][:200]}") from None
     if not isinstance(payload, dict):
         raise BadBody(f"{what}: payload is not a JSON object")
-    if not _depth_ok(payload, MAX_JSON_DEPTH):
+    # Nesting deeper than the limit needs more brackets than the limit; most payloads have fewer.
+    if text.count("{") + text.count("[") > MAX_JSON_DEPTH and not _depth_ok(payload, MAX_JSON_DEPTH):
         raise BadBody(f"{what}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
     return payload
 

@@ -41,6 +41,9 @@ _INSERT_PAYLOAD = "INSERT OR REPLACE INTO delivery_payloads (id, payload) VALUES
 # Seconds the intake writer waits for a write lock another connection holds before giving up (the
 # webhook then answers 503): well under GitHub's 10 s, long enough for any write of our own.
 INTAKE_BUSY_TIMEOUT = 3.0
+# Seconds a delivery may wait for a locked database in all (queued behind other batches included)
+# before its request gets TimeoutError: under GitHub's 10 s.
+INTAKE_WRITE_SECONDS = 8.0
 
 
 def body_sha256(event: str, text: str) -> str:
@@ -119,6 +122,7 @@ class GroupCommit:
         self.commits = 0      # transactions written (for tests and benchmarks)
         self.deliveries = 0   # deliveries submitted
         self.handed_off = 0   # batches that found the database locked and went to the writer thread
+        self._handoff_logged = 0.0
 
     def submit(self, delivery_id: str, event: str, payload: dict[str, Any], raw: bytes | str | None = None
                ) -> asyncio.Future:
@@ -135,7 +139,7 @@ class GroupCommit:
         if not batch:
             return
         if self._slow_task is not None:  # the lock was taken a moment ago: queue behind, off the loop
-            self._slow.extend(batch)
+            self._to_slow(batch)
             return
         conn = self.db.conn
         if self._loop_busy_ms is None:
@@ -146,7 +150,11 @@ class GroupCommit:
         except BaseException as exc:  # noqa: BLE001 - every waiting request learns its fate
             if _busy(exc):
                 self.handed_off += 1
-                self._slow.extend(batch)
+                if time.monotonic() - self._handoff_logged > 10:  # one line per 10 s at most
+                    self._handoff_logged = time.monotonic()
+                    log.warning("database locked by another connection (%s): %d deliveries wait for the"
+                                " intake writer thread (%d batches so far)", exc, len(batch), self.handed_off)
+                self._to_slow(batch)
                 self._slow_task = asyncio.get_running_loop().create_task(self._write_slow())
                 return
             self._fail(batch, exc)
@@ -156,6 +164,13 @@ class GroupCommit:
         finally:
             conn.execute(f"PRAGMA busy_timeout={self._loop_busy_ms}")
         self._done(batch, results)
+
+    def _to_slow(self, batch: list) -> None:
+        """Queue ``batch`` for the writer thread; its requests give up after INTAKE_WRITE_SECONDS (the
+        fast path needs no timer: it resolves in the next loop iteration)."""
+        self._slow.extend(batch)
+        asyncio.get_running_loop().call_later(INTAKE_WRITE_SECONDS, self._fail, batch,
+                                              TimeoutError(f"database locked for {INTAKE_WRITE_SECONDS:.0f} s"))
 
     async def _write_slow(self) -> None:
         try:
