@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROBOT_DIR = ROOT / "bench" / "probot"
 PAYLOAD_FILE = ROOT / "tests" / "data" / "webhooks" / "issues.opened.json"
 SECRET = "bench-webhook-secret"
+HEALTH_TOKEN = "bench-health-token"  # /health shows the queue depth only with the token
 TARGET_P99_MS = 50.0
 
 
@@ -119,7 +120,7 @@ def start_ours(workdir: Path, pem: str, profile: str | None, server_cmd: str | N
     db_path = workdir / f"ours-{port}.db"
     env = dict(os.environ, GITHUB_APP_ID="1", GITHUB_PRIVATE_KEY=pem, GITHUB_WEBHOOK_SECRET=SECRET,
                DATABASE_PATH=str(db_path), HOST="127.0.0.1", PORT=str(port), DISABLE_SCHEDULER="1",
-               GITHUB_API_URL="http://127.0.0.1:9", PYTHONPATH=str(ROOT))
+               GITHUB_API_URL="http://127.0.0.1:9", PYTHONPATH=str(ROOT), HEALTH_TOKEN=HEALTH_TOKEN)
     env.pop("DRY_RUN", None)
     cmd = [sys.executable]
     if profile:
@@ -240,7 +241,7 @@ async def drain_time(session: aiohttp.ClientSession, server: Server, since: floa
                      ) -> float | None:
     """Seconds from ``since`` until /health reports an empty queue (None after ``timeout``)."""
     while time.perf_counter() - since < timeout:
-        async with session.get(server.health_url) as resp:
+        async with session.get(server.health_url, headers={"Authorization": f"Bearer {HEALTH_TOKEN}"}) as resp:
             if (await resp.json()).get("queue_depth") == 0:
                 return time.perf_counter() - since
         await asyncio.sleep(0.05)

@@ -10,8 +10,10 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import inspect
 import json
 import logging
+import sqlite3
 import time
 from typing import Any
 
@@ -24,14 +26,15 @@ from aiohttp import web
 from bot import queue
 from bot.config import CONFIG_PATH, RepoConfig, Settings, parse_repo_config
 from bot.context import Context
-from bot.db import open_db
+from bot.db import DbThread, open_db
 from bot.features import load_routers
 from bot.github import GitHubFactory
+from bot.intake import (MAX_BODY, BadBody, MemoryBudget, Rejected, decode_payload, read_signed_body,
+                        well_formed_signature)
 from bot.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-MAX_BODY = 25 * 1024 * 1024  # GitHub caps webhook payloads at 25 MB
 SERVICES = web.AppKey("services", "Services")
 
 
@@ -206,84 +209,263 @@ class Services:
             raise RuntimeError("; ".join(errors))
 
 
+class Intake:
+    """What the HTTP side of one app keeps: the body memory budget, a database thread for /health and
+    /metrics (so they answer while a write waits for a lock), and the worker task it watches."""
+
+    def __init__(self, services: Services) -> None:
+        self.budget = MemoryBudget(services.settings.webhook_memory_budget)
+        self.health_db = DbThread(services.db, HEALTH_DB_BUSY_SECONDS, "health-db")
+        self.worker_task: asyncio.Task | None = None
+        self.busy_logged = 0.0
+
+    def close(self) -> None:
+        self.health_db.close()
+
+
+INTAKE = web.AppKey("intake", Intake)
+# Bounds on /health's database work (a load balancer gives a probe a few seconds). The webhook's write
+# is bounded in queue.GroupCommit (queue.INTAKE_WRITE_SECONDS, under GitHub's 10 s).
+HEALTH_DB_BUSY_SECONDS = 1.0
+HEALTH_DB_SECONDS = 2.5
+RETRY_AFTER_LOCKED = 30
+
+
+def _answer(status: int, body: dict[str, Any], reason: str | None = None, services: Services | None = None,
+            retry_after: int | None = None) -> web.Response:
+    if reason and services is not None:
+        services.metrics.rejected.labels(reason).inc()
+    headers = {"Retry-After": str(retry_after)} if retry_after else None
+    return web.json_response(body, status=status, headers=headers)
+
+
 async def webhook(request: web.Request) -> web.Response:
+    """Verify, decode, store, answer 202: nothing is read before a well-formed signature header and a
+    Content-Length under the cap, and nothing unverified is buffered beyond the shared memory budget."""
     services: Services = request.app[SERVICES]
-    settings = services.settings
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        services.metrics.rejected.labels("too-large").inc()
-        return web.json_response({"error": "payload over GitHub's 25 MB cap"}, status=413)
-    if not verify_signature(settings.webhook_secret, body, request.headers.get("X-Hub-Signature-256")):
-        services.metrics.rejected.labels("signature").inc()
-        reason = "missing" if not request.headers.get("X-Hub-Signature-256") else "invalid"
-        return web.json_response({"error": f"{reason} X-Hub-Signature-256"}, status=401)
+    intake: Intake = request.app[INTAKE]
     event_name = request.headers.get("X-GitHub-Event")
     delivery_id = request.headers.get("X-GitHub-Delivery")
-    if not event_name or not delivery_id:
-        services.metrics.rejected.labels("headers").inc()
-        missing = "X-GitHub-Event" if not event_name else "X-GitHub-Delivery"
-        return web.json_response({"error": f"missing {missing} header"}, status=400)
+    body = None
     try:
-        payload = json.loads(body)
-        if not isinstance(payload, dict):
-            raise ValueError("payload is not a JSON object")
-    except (ValueError, UnicodeDecodeError) as exc:
-        services.metrics.rejected.labels("malformed").inc()
-        return web.json_response({"error": f"malformed JSON: {str(exc).splitlines()[0][:200]}"}, status=400)
+        if well_formed_signature(request.headers.get("X-Hub-Signature-256")) and (not event_name or not delivery_id):
+            missing = "X-GitHub-Event" if not event_name else "X-GitHub-Delivery"
+            return _answer(400, {"error": f"missing {missing} header"}, "headers", services)
+        body = await read_signed_body(request, services.settings.webhook_secret, intake.budget)
+        payload, text = decode_payload(body.data, request.content_type)
+    except Rejected as refused:
+        if refused.status == 503 and time.monotonic() - intake.busy_logged > 10:
+            # At most one line per 10 s: a flood must not turn into a flood of log lines.
+            intake.busy_logged = time.monotonic()
+            log.warning("webhook bodies over the memory budget (%d of %d bytes in flight): answering 503;"
+                        " %d refused so far", intake.budget.reserved, intake.budget.limit, intake.budget.refused)
+        return _answer(refused.status, {"error": refused.message}, refused.reason, services,
+                       retry_after=refused.retry_after)
+    except BadBody as exc:
+        log.info("webhook %s refused: %s", delivery_id, exc)
+        return _answer(400, {"error": str(exc)}, "malformed", services)
+    finally:
+        if body is not None:
+            body.release()   # decoded: ``text`` and ``payload`` are what is kept from here on
     if event_name == "ping":
         return web.json_response({"ok": True, "zen": payload.get("zen")})
-    # Group commit: resolves only after the transaction holding this delivery has committed.
-    new = await queue.enqueue_async(services.db, delivery_id, event_name, payload, raw=body)
+    try:
+        # Group commit: resolves only after the transaction holding this delivery has committed.
+        new = await queue.enqueue_async(services.db, delivery_id, event_name, payload, raw=text)
+    except (sqlite3.Error, TimeoutError) as exc:
+        error = str(exc) or "no answer in time"
+        log.warning("delivery %s not stored: %s; answered 503", delivery_id, error, extra={"delivery": delivery_id})
+        return _answer(503, {"error": f"delivery not stored ({error}); retry later"}, "db-unavailable", services,
+                       retry_after=RETRY_AFTER_LOCKED)
+    answer: dict[str, Any] = {"queued": new, "delivery": delivery_id}
     if new:
         services.metrics.received.labels(event_name).inc()
         services.worker.wake.set()
-    return web.json_response({"queued": new, "delivery": delivery_id}, status=202)
+    else:
+        original = queue.duplicate_of(services.db, delivery_id, event_name, text)
+        if original:
+            # 2xx, not 409: GitHub would show a 4xx as a failed delivery and redeliver it.
+            log.info("delivery %s repeats delivery %s (same event and body); not queued", delivery_id, original,
+                     extra={"delivery": delivery_id})
+            answer["duplicate"] = "same event and body as an earlier delivery"
+        else:
+            answer["duplicate"] = "delivery id seen before"
+    return web.json_response(answer, status=202)
+
+
+def _bearer(request: web.Request, token: str) -> bool | None:
+    """True: the request carries ``token``; False: it carries another; None: no token to check
+    (none sent, or none configured). Compared in constant time."""
+    header = request.headers.get("Authorization")
+    if not header or not token:
+        return None
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(value.strip().encode("utf-8"), token.encode("utf-8"))
+
+
+def _unauthorized() -> web.Response:
+    return web.json_response({"error": "wrong token"}, status=401, headers={"WWW-Authenticate": "Bearer"})
+
+
+def _db_figures(db) -> dict[str, Any]:
+    """Queue figures and whether a write could start now (runs in the health thread)."""
+    pending, oldest = queue.depth(db)
+    failed = db.execute("SELECT count(*) FROM deliveries WHERE status = 'failed'").fetchone()[0]
+    conn, write_error = db.conn, None
+    try:
+        conn.execute("BEGIN IMMEDIATE")   # takes and drops the write lock: another writer shows as busy
+    except sqlite3.Error as exc:
+        write_error = str(exc)
+    finally:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+    return {"pending": pending, "oldest": oldest, "failed": failed, "write_error": write_error}
+
+
+async def readiness(app: web.Application) -> tuple[bool, dict[str, str], list[str], dict[str, Any] | None]:
+    """(ready, check -> status, problems, queue figures): the database answers and takes writes, the
+    worker runs and reports no problem, the oldest pending delivery is younger than the bound."""
+    services: Services = app[SERVICES]
+    intake: Intake = app[INTAKE]
+    checks: dict[str, str] = {}
+    problems: list[str] = []
+    figures = None
+    try:
+        figures = await asyncio.wait_for(intake.health_db.run(_db_figures, services.db), HEALTH_DB_SECONDS)
+    except asyncio.TimeoutError:
+        checks["database"] = "slow"
+        problems.append(f"database did not answer within {HEALTH_DB_SECONDS} s")
+    except sqlite3.Error as exc:
+        checks["database"] = "error"
+        problems.append(f"database: {exc}")
+    else:
+        checks["database"] = "ok" if figures["write_error"] is None else "locked"
+        if figures["write_error"] is not None:
+            problems.append(f"database takes no writes: {figures['write_error']}")
+    task = intake.worker_task
+    if task is None:
+        checks["worker"] = "off"      # a server started without its worker (tests); nothing to watch
+    elif task.done():
+        checks["worker"] = "dead"
+        error = None if task.cancelled() else task.exception()
+        problems.append(f"worker task ended: {type(error).__name__}: {error}" if error else "worker task ended")
+    else:
+        checks["worker"] = "ok"
+        report = getattr(services.worker, "problems", None)
+        if callable(report):
+            try:
+                reported = report()
+                if inspect.isawaitable(reported):
+                    reported = await reported
+            except Exception as exc:  # noqa: BLE001 - a failing self-check is itself a problem
+                reported = [f"worker self-check failed: {type(exc).__name__}"]
+            if reported:
+                checks["worker"] = "failing"
+                problems.extend(str(p)[:300] for p in list(reported)[:20])
+    bound = services.settings.health_max_queue_age
+    if figures is None:
+        checks["queue"] = "unknown"
+    elif figures["oldest"] is not None and figures["oldest"] > bound:
+        checks["queue"] = "stalled"
+        problems.append(f"oldest pending delivery is {figures['oldest']:.0f} s old (bound {bound:.0f} s)")
+    else:
+        checks["queue"] = "ok"
+    ready = all(status in ("ok", "off") for status in checks.values())
+    return ready, checks, problems, figures
+
+
+def _capped(warnings: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Config warnings for the answer, bounded (they quote repository files)."""
+    return {repo[:200]: [str(w)[:300] for w in ws[:50]] for repo, ws in list(warnings.items())[:500] if ws}
+
+
+async def health_live(request: web.Request) -> web.Response:
+    """Liveness: the process answers. Public, says nothing else."""
+    return web.json_response({"ok": True})
 
 
 async def health(request: web.Request) -> web.Response:
+    """Readiness: 200 when ready, else 503. The public answer names checks only (no repositories,
+    config or installations); ``Authorization: Bearer $HEALTH_TOKEN`` adds the details."""
     services: Services = request.app[SERVICES]
-    try:
-        pending, oldest = queue.depth(services.db)
-        failed = services.db.execute("SELECT count(*) FROM deliveries WHERE status = 'failed'").fetchone()[0]
-        db_ok = True
-    except Exception:  # noqa: BLE001
-        pending, oldest, failed, db_ok = None, None, None, False
-    body = {
-        "ok": db_ok, "db": "ok" if db_ok else "error", "queue_depth": pending,
-        "oldest_pending_age_seconds": round(oldest, 3) if oldest is not None else None,
-        "failed_deliveries": failed,
-        "dry_run": services.settings.dry_run,
-        "config_warnings": {repo: w for repo, w in services.config_warnings.items() if w},
-    }
+    settings = services.settings
+    authorized = _bearer(request, settings.health_token)
+    if authorized is False:
+        return _unauthorized()
+    ready, checks, problems, figures = await readiness(request.app)
+    body: dict[str, Any] = {"ok": ready, "checks": checks}
+    if not authorized:
+        body["details"] = ("send Authorization: Bearer <HEALTH_TOKEN> for details" if settings.health_token
+                           else "details are off: set HEALTH_TOKEN to enable them")
+        return web.json_response(body, status=200 if ready else 503)
+    intake: Intake = request.app[INTAKE]
+    body.update({
+        "problems": problems,
+        "queue_depth": figures["pending"] if figures else None,
+        "oldest_pending_age_seconds": round(figures["oldest"], 3) if figures and figures["oldest"] else None,
+        "failed_deliveries": figures["failed"] if figures else None,
+        "dry_run": settings.dry_run,
+        "config_warnings": _capped(services.config_warnings),
+        "intake": {"memory_budget_bytes": intake.budget.limit, "bodies_in_flight_bytes": intake.budget.reserved,
+                   "peak_bytes": intake.budget.peak, "refused_busy": intake.budget.refused},
+    })
     try:
         from bot.features.learning import drift_warnings
 
-        drift = drift_warnings(services.db)
+        drift = await asyncio.wait_for(intake.health_db.run(drift_warnings, services.db), HEALTH_DB_SECONDS)
     except Exception:  # noqa: BLE001 - health must answer even if the figures cannot be computed
-        log.exception("drift figures failed")
+        log.warning("drift figures failed", exc_info=True)
         drift = []
     if drift:
-        body["drift_warnings"] = drift
-    return web.json_response(body, status=200 if db_ok else 503)
+        body["drift_warnings"] = [str(w)[:300] for w in drift[:100]]
+    return web.json_response(body, status=200 if ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text. Public: no series labelled by installation or repository (those are folded
+    into one unlabelled value); ``Authorization: Bearer $METRICS_TOKEN`` gets every series."""
     services: Services = request.app[SERVICES]
-    services.metrics.queue_depth.set(queue.depth(services.db)[0])
-    return web.Response(body=services.metrics.render(), content_type="text/plain", charset="utf-8")
+    intake: Intake = request.app[INTAKE]
+    settings = services.settings
+    authorized = _bearer(request, settings.metrics_token)
+    if authorized is False:
+        return _unauthorized()
+    try:
+        pending, _oldest = await asyncio.wait_for(intake.health_db.run(queue.depth, services.db), HEALTH_DB_SECONDS)
+        services.metrics.queue_depth.set(pending)
+    except (sqlite3.Error, asyncio.TimeoutError):
+        pass  # the last figure stands; /health says why
+    text = services.metrics.render(public=not authorized)
+    if not authorized:
+        text += (b"# per-installation series: send Authorization: Bearer <METRICS_TOKEN>\n" if settings.metrics_token
+                 else b"# per-installation series are off: set METRICS_TOKEN to enable them\n")
+    return web.Response(body=text, content_type="text/plain", charset="utf-8")
 
 
 def create_app(services: Services, *, run_worker: bool = True) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY)
     app[SERVICES] = services
+    intake = app[INTAKE] = Intake(services)
     app.router.add_post("/webhook", webhook)
     app.router.add_get("/health", health)
+    app.router.add_get("/health/live", health_live)
     app.router.add_get("/metrics", metrics)
+
+    def worker_ended(task: asyncio.Task) -> None:
+        # The worker should run until shutdown; if it ends, say so loudly (and /health turns 503).
+        if not task.cancelled() and task.exception() is not None:
+            log.error("the worker stopped: %s", task.exception(), exc_info=task.exception())
+        elif not getattr(services.worker, "_stopping", False):
+            log.error("the worker stopped")
 
     async def lifecycle(app: web.Application):
         await services.start()
         worker_task = asyncio.create_task(services.worker.run()) if run_worker else None
+        if worker_task is not None:
+            intake.worker_task = worker_task
+            worker_task.add_done_callback(worker_ended)
         schedulers = []
         if services.settings.schedule:
             try:
@@ -300,6 +482,8 @@ def create_app(services: Services, *, run_worker: bool = True) -> web.Applicatio
             worker_task.cancel()
             await asyncio.gather(worker_task, *schedulers, return_exceptions=True)
         await services.close()
+        intake.close()
+        queue.close_group_commit(services.db)
 
     app.cleanup_ctx.append(lifecycle)
     return app

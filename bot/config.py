@@ -243,6 +243,10 @@ class Settings:
     # Missed-delivery recovery (bot.features.recovery): how far back, and how many per run (0: off).
     redelivery_window_hours: float = 24.0
     redelivery_max_per_run: int = 50
+    health_token: str = ""            # bearer token for /health details; empty: details not served
+    metrics_token: str = ""           # bearer token for /metrics with per-installation series
+    health_max_queue_age: float = 900.0  # /health is not ready when the oldest pending delivery is older
+    webhook_memory_budget: int = 64 * 1024 * 1024  # bytes of webhook bodies read at once, all requests
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, *, require_app: bool = True) -> "Settings":
@@ -278,6 +282,10 @@ class Settings:
             schedule=not _flag(env.get("DISABLE_SCHEDULER")),
             redelivery_window_hours=_number(env, "REDELIVERY_WINDOW_HOURS", 24.0, float, 0, 72),
             redelivery_max_per_run=_number(env, "REDELIVERY_MAX_PER_RUN", 50, int, 0, 1000),
+            health_token=env.get("HEALTH_TOKEN", ""),
+            metrics_token=env.get("METRICS_TOKEN", ""),
+            health_max_queue_age=_number(env, "HEALTH_MAX_QUEUE_AGE_SECONDS", 900.0, float, 10, 7 * 86400),
+            webhook_memory_budget=int(_number(env, "WEBHOOK_MEMORY_BUDGET_MB", 64.0, float, 26, 65536) * 1024 * 1024),
         )
         if require_app:
             settings.check()

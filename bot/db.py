@@ -5,11 +5,13 @@ so opening a database always brings it up to date and re-running is safe (as in 
 """
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
 import sqlite3
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import sqlite_utils
@@ -34,6 +36,12 @@ def _core_schema(db: sqlite_utils.Database) -> None:
     )
     db.execute("CREATE INDEX IF NOT EXISTS deliveries_status ON deliveries(status, next_attempt_at)")
     db.execute("CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries(status, received_at)")
+    # A replayed body under a new X-GitHub-Delivery id is the same delivery: the hash of event + body
+    # is unique, so INSERT OR IGNORE drops it like a redelivered id (issue #11 item 8). Databases made
+    # before the column existed gain it here; their old rows keep NULL, which never conflicts.
+    if "body_sha256" not in {row[1] for row in db.execute("PRAGMA table_info(deliveries)").fetchall()}:
+        db.execute("ALTER TABLE deliveries ADD COLUMN body_sha256 TEXT")
+    db.execute("CREATE UNIQUE INDEX IF NOT EXISTS deliveries_body ON deliveries(body_sha256)")
     # The payload lives apart so the worker's status updates never rewrite (or scan) 10+ KB rows.
     db.execute("CREATE TABLE IF NOT EXISTS delivery_payloads (id TEXT PRIMARY KEY, payload TEXT NOT NULL)")
     db.execute(
@@ -194,6 +202,39 @@ class Checkpointer(threading.Thread):
                 conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
             except sqlite3.Error:
                 pass
+
+
+class DbThread:
+    """One thread with its own connection and a short busy timeout, for SQLite work the event loop
+    must not wait on.
+
+    A writer in another process can hold the database for as long as it likes; on the loop, a write
+    (or a read under ``locking_mode=EXCLUSIVE``) would freeze every request for the whole busy timeout.
+    Here only the callers that awaited the call wait, and for at most ``busy_timeout`` seconds before
+    SQLite answers "database is locked". An in-memory database (one shared connection) runs inline.
+    """
+
+    def __init__(self, db: sqlite_utils.Database, busy_timeout: float, name: str) -> None:
+        self.db = db
+        self.busy_timeout = busy_timeout
+        self._executor: ThreadPoolExecutor | None = None
+        if isinstance(db, Database):
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name,
+                                                initializer=self._set_busy_timeout)
+
+    def _set_busy_timeout(self) -> None:
+        # db.conn is this thread's own connection (Database keeps one per thread).
+        self.db.conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in the thread (``self.db.conn`` inside it is the thread's connection)."""
+        if self._executor is None:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
 
 
 def has_flag(db: sqlite_utils.Database, repo: str, issue: int, flag: str) -> bool:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.samples import Sample
 
 
 class Metrics:
@@ -25,8 +27,35 @@ class Metrics:
                                        buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30))
         self.escalations = Counter("fr_escalations", "Escalations to the fallback model", ["reason"], registry=r)
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, public: bool = False) -> bytes:
+        """Prometheus text; ``public`` leaves out every series labelled by installation or repository."""
+        return generate_latest(_Public(self.registry) if public else self.registry)
+
+
+# Labels that name a customer: the public /metrics answer must not carry them (issue #11 item 7).
+PRIVATE_LABELS = frozenset({"installation", "installation_id", "repo", "repository"})
+
+
+class _Public:
+    """A view of a registry without per-installation/per-repository series. A gauge keeps one
+    unlabelled sample, the lowest value (for the rate limit: the installation closest to running out)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self):
+        for metric in self.registry.collect():
+            kept = [s for s in metric.samples if not PRIVATE_LABELS & s.labels.keys()]
+            if len(kept) == len(metric.samples):
+                yield metric
+                continue
+            folded = Metric(metric.name, metric.documentation, metric.type, metric.unit)
+            folded.samples = kept
+            hidden = [s for s in metric.samples if PRIVATE_LABELS & s.labels.keys()]
+            if metric.type == "gauge" and hidden and not kept:
+                lowest = min(hidden, key=lambda s: s.value)
+                folded.samples = [Sample(lowest.name, {}, lowest.value, None, None)]
+            yield folded
 
 
 # A default instance for code paths that run outside a server (CLI).

@@ -8,6 +8,7 @@ failures retry with backoff and are finally parked as ``failed`` with their erro
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import random
@@ -17,6 +18,8 @@ import weakref
 from typing import Any, Awaitable, Callable
 
 import sqlite_utils
+
+from bot.db import DbThread
 
 log = logging.getLogger(__name__)
 
@@ -32,18 +35,38 @@ def _locate(payload: dict[str, Any]) -> tuple[str | None, int | None, int | None
 
 _INSERT_DELIVERY = (
     "INSERT OR IGNORE INTO deliveries (id, event, action, repo, issue, installation_id, status,"
-    " attempts, next_attempt_at, received_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, 0, ?)")
+    " attempts, next_attempt_at, received_at, body_sha256) VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, 0, ?, ?)")
 _INSERT_PAYLOAD = "INSERT OR REPLACE INTO delivery_payloads (id, payload) VALUES (?, ?)"
 
+# Seconds the intake writer waits for a write lock another connection holds before giving up (the
+# webhook then answers 503): well under GitHub's 10 s, long enough for any write of our own.
+INTAKE_BUSY_TIMEOUT = 3.0
+# Seconds a delivery may wait for a locked database in all (queued behind other batches included)
+# before its request gets TimeoutError: under GitHub's 10 s.
+INTAKE_WRITE_SECONDS = 8.0
 
-def _row(delivery_id: str, event: str, payload: dict[str, Any], raw: bytes | None) -> tuple[tuple, str]:
+
+def body_sha256(event: str, text: str) -> str:
+    """The dedupe key of a delivery's content: the event name and the stored payload text."""
+    digest = hashlib.sha256(event.encode("utf-8"))
+    digest.update(b"\n")
+    digest.update(text.encode("utf-8"))
+    return digest.hexdigest()
+
+
+def _row(delivery_id: str, event: str, payload: dict[str, Any], raw: bytes | str | None) -> tuple[tuple, str]:
     repo, issue, installation = _locate(payload)
-    text = raw.decode("utf-8") if raw is not None else json.dumps(payload)
-    return (delivery_id, event, payload.get("action"), repo, issue, installation, time.time()), text
+    if raw is None:
+        text = json.dumps(payload)
+    else:
+        text = raw if isinstance(raw, str) else raw.decode("utf-8")
+    return (delivery_id, event, payload.get("action"), repo, issue, installation, time.time(),
+            body_sha256(event, text)), text
 
 
 def _insert(conn: sqlite3.Connection, row: tuple, text: str) -> bool:
-    """Both inserts of one delivery, inside the caller's transaction; False for a redelivery."""
+    """Both inserts of one delivery, inside the caller's transaction; False for a redelivery (the same
+    id) or a replay (the same event and body under another id)."""
     new = conn.execute(_INSERT_DELIVERY, row).rowcount == 1
     if new:
         conn.execute(_INSERT_PAYLOAD, (row[0], text))
@@ -51,12 +74,25 @@ def _insert(conn: sqlite3.Connection, row: tuple, text: str) -> bool:
 
 
 def enqueue(db: sqlite_utils.Database, delivery_id: str, event: str, payload: dict[str, Any],
-            raw: bytes | None = None) -> bool:
-    """Store a delivery; False if this delivery id was seen before (GitHub redelivery)."""
+            raw: bytes | str | None = None) -> bool:
+    """Store a delivery; False if this delivery id, or this event with this body, was seen before."""
     row, text = _row(delivery_id, event, payload, raw)
     with db.conn:  # one transaction: the delivery and its payload land together or not at all
         db.conn.execute("BEGIN")
         return _insert(db.conn, row, text)
+
+
+def duplicate_of(db: sqlite_utils.Database, delivery_id: str, event: str, text: str) -> str | None:
+    """For a delivery that was not new: the id of the earlier delivery with the same body, if that
+    is why (None when it was the same id, i.e. a redelivery)."""
+    row = db.execute("SELECT id FROM deliveries WHERE body_sha256 = ?", [body_sha256(event, text)]).fetchone()
+    return row[0] if row and row[0] != delivery_id else None
+
+
+def _busy(exc: BaseException) -> bool:
+    """Is this SQLite's "database is locked/busy" (another connection holds the lock)?"""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.OperationalError) and code is not None and code & 0xFF in (5, 6)
 
 
 class GroupCommit:
@@ -67,15 +103,28 @@ class GroupCommit:
     stored delivery. The commit runs as a loop callback right after the requests that are ready in the
     same loop iteration have been parsed: under load one commit (and one set of WAL index pages)
     serves many deliveries; alone, a delivery waits for no one.
+
+    The loop never waits for a lock: the commit first tries ``BEGIN IMMEDIATE`` with no busy wait
+    (nothing else on the loop can hold the lock, so this is the path taken unless another connection
+    writes). If another connection or process holds the lock, the batch goes to a thread of its own
+    that waits at most ``busy_timeout`` seconds; its callers then get "database is locked" (the webhook
+    answers 503) while /health and everything else on the loop keep answering. Batches that arrive
+    while that thread is busy follow it there, in order.
     """
 
-    def __init__(self, db: sqlite_utils.Database) -> None:
+    def __init__(self, db: sqlite_utils.Database, busy_timeout: float = INTAKE_BUSY_TIMEOUT) -> None:
         self.db = db
+        self.thread = DbThread(db, busy_timeout, "intake-writer")
         self._batch: list[tuple[asyncio.Future, tuple, str]] = []
+        self._slow: list[tuple[asyncio.Future, tuple, str]] = []  # waiting for the writer thread
+        self._slow_task: asyncio.Task | None = None
+        self._loop_busy_ms: int | None = None  # the loop connection's own busy timeout, restored after
         self.commits = 0      # transactions written (for tests and benchmarks)
         self.deliveries = 0   # deliveries submitted
+        self.handed_off = 0   # batches that found the database locked and went to the writer thread
+        self._handoff_logged = 0.0
 
-    def submit(self, delivery_id: str, event: str, payload: dict[str, Any], raw: bytes | None = None
+    def submit(self, delivery_id: str, event: str, payload: dict[str, Any], raw: bytes | str | None = None
                ) -> asyncio.Future:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
@@ -89,44 +138,113 @@ class GroupCommit:
         batch, self._batch = self._batch, []
         if not batch:
             return
+        if self._slow_task is not None:  # the lock was taken a moment ago: queue behind, off the loop
+            self._to_slow(batch)
+            return
         conn = self.db.conn
+        if self._loop_busy_ms is None:
+            self._loop_busy_ms = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+        conn.execute("PRAGMA busy_timeout=0")
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            results = [_insert(conn, row, text) for _future, row, text in batch]
-            conn.execute("COMMIT")
-        except BaseException as exc:  # noqa: BLE001 - every waiting request learns it was not stored
-            if conn.in_transaction:
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-            for future, _row_, _text in batch:
-                if not future.done():
-                    future.set_exception(exc)
+            results = self._write([(row, text) for _f, row, text in batch])
+        except BaseException as exc:  # noqa: BLE001 - every waiting request learns its fate
+            if _busy(exc):
+                self.handed_off += 1
+                if time.monotonic() - self._handoff_logged > 10:  # one line per 10 s at most
+                    self._handoff_logged = time.monotonic()
+                    log.warning("database locked by another connection (%s): %d deliveries wait for the"
+                                " intake writer thread (%d batches so far)", exc, len(batch), self.handed_off)
+                self._to_slow(batch)
+                self._slow_task = asyncio.get_running_loop().create_task(self._write_slow())
+                return
+            self._fail(batch, exc)
             if not isinstance(exc, Exception):
                 raise
             return
+        finally:
+            conn.execute(f"PRAGMA busy_timeout={self._loop_busy_ms}")
+        self._done(batch, results)
+
+    def _to_slow(self, batch: list) -> None:
+        """Queue ``batch`` for the writer thread; its requests give up after INTAKE_WRITE_SECONDS (the
+        fast path needs no timer: it resolves in the next loop iteration)."""
+        self._slow.extend(batch)
+        asyncio.get_running_loop().call_later(INTAKE_WRITE_SECONDS, self._fail, batch,
+                                              TimeoutError(f"database locked for {INTAKE_WRITE_SECONDS:.0f} s"))
+
+    async def _write_slow(self) -> None:
+        try:
+            while self._slow:
+                batch, self._slow = self._slow, []
+                try:
+                    results = await self.thread.run(self._write, [(row, text) for _f, row, text in batch])
+                except BaseException as exc:  # noqa: BLE001 - every waiting request learns it was not stored
+                    self._fail(batch, exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                self._done(batch, results)
+        finally:
+            self._slow_task = None
+
+    @staticmethod
+    def _fail(batch: list, exc: BaseException) -> None:
+        for future, _row_, _text in batch:
+            if not future.done():
+                future.set_exception(exc)
+
+    def _done(self, batch: list, results: list[bool]) -> None:
         self.commits += 1
         self.deliveries += len(batch)
         for (future, _row_, _text), new in zip(batch, results):
             if not future.done():
                 future.set_result(new)
 
+    def _write(self, rows: list[tuple[tuple, str]]) -> list[bool]:
+        """One transaction for ``rows`` on the calling thread's connection."""
+        conn = self.db.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            results = [_insert(conn, row, text) for row, text in rows]
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            raise
+        return results
+
+    def close(self) -> None:
+        self.thread.close()
+        _group_commits.pop(self.db, None)
+
 
 _group_commits: "weakref.WeakKeyDictionary[sqlite_utils.Database, GroupCommit]" = weakref.WeakKeyDictionary()
 
 
 def group_commit(db: sqlite_utils.Database) -> GroupCommit:
-    """The GroupCommit of this database handle (one per connection, created on first use)."""
+    """The GroupCommit of this database handle (one per handle, created on first use)."""
     batcher = _group_commits.get(db)
     if batcher is None:
         batcher = _group_commits[db] = GroupCommit(db)
     return batcher
 
 
+def close_group_commit(db: sqlite_utils.Database) -> None:
+    """Stop the writer thread of this database handle's GroupCommit, if it has one (server shutdown)."""
+    batcher = _group_commits.get(db)
+    if batcher is not None:
+        batcher.close()
+
+
 async def enqueue_async(db: sqlite_utils.Database, delivery_id: str, event: str, payload: dict[str, Any],
-                        raw: bytes | None = None) -> bool:
-    """``enqueue`` with group commit; returns once the delivery is committed (False: a redelivery)."""
+                        raw: bytes | str | None = None) -> bool:
+    """``enqueue`` with group commit; returns once the delivery is committed (False: seen before).
+
+    Raises ``sqlite3.Error`` (e.g. "database is locked" after ``INTAKE_BUSY_TIMEOUT``) when it was not
+    stored."""
     return await group_commit(db).submit(delivery_id, event, payload, raw)
 
 

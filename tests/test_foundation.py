@@ -103,7 +103,9 @@ async def test_a_second_delivery_for_the_same_issue_edits_not_reposts(bot, stand
     issue, payload = opened(standin)
     await bot.send("issues", payload, delivery="a")
     await bot.drain()
-    await bot.send("issues", payload, delivery="b")  # a new delivery id for the same event (manual redeliver)
+    # A later delivery about the same issue (the same body under a new id is a replay: not queued).
+    payload["issue"]["updated_at"] = "2030-01-01T00:00:00Z"
+    await bot.send("issues", payload, delivery="b")
     await bot.drain()
     assert calls == ["a", "b"]
     assert len(echo_comments(standin, issue["number"])) == 1
@@ -215,12 +217,13 @@ async def test_unknown_config_key_is_reported_in_health(bot, standin):
     _issue, payload = opened(standin)
     await bot.send("issues", payload)
     await bot.drain()
-    async with bot.session.get(f"{bot.url}/health") as resp:
+    bot.services.settings.health_token = "health-secret"  # details (config warnings) need the token
+    async with bot.session.get(f"{bot.url}/health", headers={"Authorization": "Bearer health-secret"}) as resp:
         health = await resp.json()
     warnings = health["config_warnings"][REPO]
     assert any("triage.treshold: unknown key" in w for w in warnings)
     assert any("triage.comment" in w for w in warnings)
-    assert health["db"] == "ok" and health["queue_depth"] == 0
+    assert health["checks"]["database"] == "ok" and health["queue_depth"] == 0
 
 
 def test_broken_config_falls_back_to_defaults_with_a_warning():
@@ -273,7 +276,7 @@ async def test_same_issue_in_order_different_issues_concurrently(tmp_path):
 
     for i, issue in enumerate([1, 1, 2]):
         enqueue(db, f"d{i}", "issues", {"action": "edited", "repository": {"full_name": REPO},
-                                        "issue": {"number": issue}})
+                                        "issue": {"number": issue, "updated_at": f"2024-01-0{i + 1}"}})
     worker = Worker(db, handler, concurrency=4)
     task = asyncio.create_task(worker.run())
     await worker.drain()
@@ -321,7 +324,8 @@ async def test_metrics_expose_deliveries_and_api_calls(bot, standin):
     _issue, payload = opened(standin)
     await bot.send("issues", payload)
     await bot.drain()
-    async with bot.session.get(f"{bot.url}/metrics") as resp:
+    bot.services.settings.metrics_token = "metrics-secret"  # per-installation series need the token
+    async with bot.session.get(f"{bot.url}/metrics", headers={"Authorization": "Bearer metrics-secret"}) as resp:
         text = await resp.text()
     assert 'fr_deliveries_received_total{event="issues"} 1.0' in text
     assert 'fr_deliveries_done_total{event="issues"} 1.0' in text
