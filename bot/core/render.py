@@ -116,6 +116,7 @@ _LINE_START = re.compile(r"^(#)(?=#{0,5}(?:[ \t]|$))|^(>)|^([-+])(?=[ \t]|$)|^([
                          r"|^(\d{1,9})([.)])(?=[ \t]|$)", re.M)
 _MENTION_SIGN = "@"
 _NAME_CHAR = re.compile(r"[A-Za-z0-9_/-]")
+_EMAIL_LOCAL_CHAR = re.compile(r"[A-Za-z0-9._+-]")
 # owner/repo#N and owner/repo@sha: GitHub links them across repositories (and notifies there).
 _CROSS_REF = re.compile(r"([A-Za-z0-9][A-Za-z0-9_.-]*)/([A-Za-z0-9_.-]+)#")
 _SCHEME = re.compile(r"(?<=:)(?=//)")  # ://, whatever the scheme: GFM autolinks http(s) and ftp
@@ -138,7 +139,8 @@ def _neutralise_mentions(value: str, author: str) -> str:
         out.append(value[index: found + 1])
         after = found + 1 + len(allowed)
         keep = bool(allowed) and value[found + 1: after].lower() == allowed \
-            and not (after < len(value) and _NAME_CHAR.match(value[after]))
+            and not (after < len(value) and _NAME_CHAR.match(value[after])) \
+            and not (found > 0 and _EMAIL_LOCAL_CHAR.match(value[found - 1]))  # a@alice.x is an e-mail
         if not keep:
             out.append(ZWSP)
         index = found + 1
@@ -244,6 +246,7 @@ def title(value: object, max_length: int = 256) -> Safe:
     cleaned = _cap(_clean(value, multiline=False), max_length)
     cleaned = cleaned.replace("@", "@" + ZWSP).replace("#", "#" + ZWSP)
     cleaned = _WWW.sub(ZWSP, _SCHEME.sub(ZWSP, cleaned))
+    cleaned = _PROTOCOL_ONLY.sub(lambda m: m.group(1) + ZWSP, cleaned)
     return _safe(cleaned)
 
 
@@ -400,7 +403,7 @@ def marker(kind: str, key: str | int = "") -> Safe:
     ``kind`` and ``key`` keep letters, digits and ``. _ : + # -`` (anything else becomes ``_``), so a
     key taken from a request header or a config value can never close the comment."""
     suffix = f":{key}" if key != "" else ""
-    body = _MARKER_PART.sub("_", f"{kind}{suffix}")[:200]
+    body = _MARKER_PART.sub("_", f"{kind}{suffix}")[:200] or "_"
     return _safe(f"<!-- first-responder:{body} -->")
 
 

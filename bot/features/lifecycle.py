@@ -172,6 +172,16 @@ async def on_issue_labeled(event, gh, ctx):
 
 
 # -------------------------------------------------------------------------- for other features
+def request_message(author: str, what: str, label: str, settings: dict[str, Any]) -> render.Safe:
+    """The needs-info question: mentions the author only; ``what`` (the maintainer's words) and the
+    label are rendered as inert text and code (``settings`` is the ``needs_info`` config section)."""
+    what = what.strip() or "the details asked for above (version, steps to reproduce, what you expected)"
+    template = REQUEST_MESSAGE if settings.get("enabled", True) else REQUEST_MESSAGE_NO_LABEL
+    return render.fmt(template, author=render.mention(author), what=render.text(what, multiline=True, max_length=2000),
+                      label=render.code(label), ping_after_days=int(settings.get("ping_after_days", 7)),
+                      close_after_days=int(settings.get("close_after_days", 7)))
+
+
 async def start_needs_info(ctx: Context, issue_number: int, what: str, actor: str) -> list[dict[str, Any]]:
     """Ask the author of ``issue_number`` for ``what`` and start the needs-info waiting period.
 
@@ -184,11 +194,7 @@ async def start_needs_info(ctx: Context, issue_number: int, what: str, actor: st
     label = settings["label"]
     issue = await ctx.gh.getitem(ctx.url(f"/issues/{issue_number}"))
     author = (issue.get("user") or {}).get("login") or ""
-    what = what.strip() or "the details asked for above (version, steps to reproduce, what you expected)"
-    template = REQUEST_MESSAGE if settings["enabled"] else REQUEST_MESSAGE_NO_LABEL
-    body = render.fmt(template, author=render.mention(author), what=render.text(what, multiline=True, max_length=2000),
-                      label=render.code(label), ping_after_days=int(settings["ping_after_days"]),
-                      close_after_days=int(settings["close_after_days"]))
+    body = request_message(author, what, label, settings)
     plan = Plan(reason=f"needs-info requested by {actor}", data={"lifecycle": "start"})
     if settings["enabled"]:
         plan.add(CreateLabel(label, NEEDS_INFO_LABEL_COLOR, NEEDS_INFO_LABEL_DESCRIPTION))
