@@ -24,8 +24,8 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
-__all__ = ["Safe", "text", "line", "code", "code_block", "link", "issue_link", "mention", "fmt", "join",
-           "marker", "with_marker", "title", "EMPTY"]
+__all__ = ["Safe", "EMPTY", "ZWSP", "MARKER_PATTERN", "text", "line", "title", "code", "code_block", "link",
+           "issue_link", "issue_ref", "repo_url", "mention", "fmt", "join", "marker", "with_marker"]
 
 ZWSP = "\u200b"
 """U+200B ZERO WIDTH SPACE: invisible, not whitespace to Markdown, and not a name character to
