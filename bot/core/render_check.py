@@ -2,7 +2,7 @@
 
 ``bot.core.render`` builds posted text safely by construction; this module checks the result the way
 GitHub will read it, so a mistake in a template or a new code path cannot slip through. It renders
-the body with cmark-gfm (GitHub's own parser, through ``cmarkgfm``) with the extensions GitHub uses
+the body with cmark-gfm (GitHub's own parser, through ``bot.core.cmark``) with the extensions GitHub uses
 for issues (table, autolink, tagfilter, strikethrough, tasklist; hard line breaks, footnotes) and
 walks the HTML. A body is refused when it holds
 
@@ -25,13 +25,14 @@ from collections.abc import Iterable
 from html.parser import HTMLParser
 from urllib.parse import urlsplit
 
-import cmarkgfm
 from cmarkgfm.cmark import Options
 
+from bot.core.cmark import gfm_to_html
 from bot.core.render import MARKER_PATTERN
 
-_UNSAFE = Options.CMARK_OPT_UNSAFE | Options.CMARK_OPT_HARDBREAKS | Options.CMARK_OPT_FOOTNOTES
-_SAFE = Options.CMARK_OPT_HARDBREAKS | Options.CMARK_OPT_FOOTNOTES
+# As github.com renders comments: hard line breaks, footnotes, <pre lang> for fenced code.
+_SAFE = Options.CMARK_OPT_HARDBREAKS | Options.CMARK_OPT_FOOTNOTES | Options.CMARK_OPT_GITHUB_PRE_LANG
+_UNSAFE = _SAFE | Options.CMARK_OPT_UNSAFE
 _OMITTED = "<!-- raw HTML omitted -->"
 _MARKER_LINE = re.compile(r"^" + MARKER_PATTERN.pattern + r"$", re.M)
 
@@ -67,7 +68,7 @@ MAX_REPORTED = 10
 
 def render_html(body: str, *, unsafe: bool = True) -> str:
     """``body`` rendered as GitHub renders issue comments (raw HTML kept when ``unsafe``)."""
-    return cmarkgfm.github_flavored_markdown_to_html(body, _UNSAFE if unsafe else _SAFE)
+    return gfm_to_html(body, _UNSAFE if unsafe else _SAFE)  # bot.core.cmark frees what cmark allocates
 
 
 def inside_repo(url: str, repo: str) -> bool:
