@@ -4,6 +4,12 @@ Everything the bot does to a repository passes through here, so this is where dr
 where every write (or would-be write) lands in the audit log, and where idempotency lives: a comment
 with a hidden marker edits the bot's earlier comment instead of posting a second one, labels that do
 not exist in the repository are never created by accident, and a closed issue is not closed twice.
+
+It is also the gate for every text the bot posts (comment bodies, issue titles and bodies): a text
+that is not ``render.Safe`` is refused, and so is one whose GitHub rendering (``render_check``) holds
+a mention of anyone the template did not mean to mention, an image, raw HTML, a link out of the
+repository or a cross-repository reference. A refused action is logged and audited as ``error`` and
+not posted; it is not retried (the same plan would be refused again), and the rest of the plan runs.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ import gidgethub
 
 from bot.context import Context
 from bot.core import plan as p
+from bot.core import render, render_check
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +65,44 @@ def _details(action: p.Action) -> dict[str, Any]:
     return data
 
 
+def posted_text(action: p.Action) -> dict[str, Any]:
+    """The texts ``action`` would post, final form (marker appended), keyed ``body`` / ``title``."""
+    if isinstance(action, p.Comment):
+        body = action.body
+        if action.marker and isinstance(body, render.Safe):
+            body = render.with_marker(body, action.marker)
+        return {"body": body}
+    if isinstance(action, p.CreateIssue):
+        body = action.body
+        if action.marker and isinstance(body, render.Safe):
+            body = render.with_marker(body, action.marker)
+        return {"title": action.title, "body": body}
+    if isinstance(action, p.EditIssueBody):
+        return {"body": action.body}
+    return {}
+
+
+def refusal(action: p.Action, repo: str) -> list[str]:
+    """Why ``action`` must not be posted (empty when it may): not ``Safe``, or unsafe once rendered."""
+    found: list[str] = []
+    try:
+        texts = posted_text(action)
+    except ValueError as exc:  # a marker that is not one of ours
+        return [str(exc)]
+    for name, value in texts.items():
+        if not isinstance(value, render.Safe):
+            found.append(f"{name} is {type(value).__name__}, not built by bot.core.render")
+            continue
+        try:
+            if name == "title":
+                found += [f"title: {problem}" for problem in render_check.title_problems(value, repo=repo)]
+            else:
+                found += render_check.problems(value, author=value.mentions, repo=repo)
+        except ValueError as exc:
+            found.append(f"{name}: {exc}")
+    return found
+
+
 async def apply(plan: p.Plan, ctx: Context) -> list[dict[str, Any]]:
     """Carry out ``plan`` in order; returns one result per action (also written to the audit log).
 
@@ -71,6 +116,14 @@ async def apply(plan: p.Plan, ctx: Context) -> list[dict[str, Any]]:
         name = type(action).__name__
         issue = getattr(action, "issue", None)
         details = _details(action)
+        refused = refusal(action, ctx.repo)
+        if refused:
+            # A bug in a template or a new code path, never the user's fault: loud in the log, no post.
+            log.error("refused to post %s on %s#%s: %s", name, ctx.repo, issue, "; ".join(refused),
+                      extra={"delivery": ctx.delivery_id, "repo": ctx.repo, "issue": issue})
+            audit(ctx, name, issue, {**details, "refused": refused}, "error")
+            results.append({"action": name, "issue": issue, "result": "error", "refused": refused})
+            continue
         if ctx.dry_run:
             audit(ctx, name, issue, details, "dry-run")
             results.append({"action": name, "issue": issue, "result": "dry-run"})
@@ -96,16 +149,14 @@ async def apply(plan: p.Plan, ctx: Context) -> list[dict[str, Any]]:
 async def _apply_one(action: p.Action, ctx: Context) -> dict[str, Any] | None:
     gh = ctx.gh
     if isinstance(action, p.Comment):
+        body = posted_text(action)["body"]
         if action.marker:
-            body = action.body if action.marker in action.body else f"{action.body}\n\n{action.marker}"
             existing = await find_marked_comment(ctx, action.issue, action.marker)
             if existing is not None:
                 if existing.get("body") == body:
                     return {"skipped": "unchanged", "comment_id": existing["id"]}
                 await gh.patch(ctx.url(f"/issues/comments/{existing['id']}"), data={"body": body})
                 return {"edited": existing["id"], "comment_id": existing["id"]}
-        else:
-            body = action.body
         created = await gh.post(ctx.url(f"/issues/{action.issue}/comments"), data={"body": body})
         return {"comment_id": created["id"]}
     if isinstance(action, p.AddLabels):
@@ -161,10 +212,8 @@ async def _apply_one(action: p.Action, ctx: Context) -> dict[str, Any] | None:
         await gh.patch(ctx.url(f"/issues/{action.issue}"), data={"body": action.body})
         return None
     if isinstance(action, p.CreateIssue):
-        body = action.body
+        body = posted_text(action)["body"]
         if action.marker:
-            if action.marker not in body:
-                body = f"{body}\n\n{action.marker}"
             existing = await find_marked_issue(ctx, action.marker, action.labels)
             if existing is not None:
                 if existing.get("body") != body or existing.get("title") != action.title:

@@ -86,7 +86,7 @@ EXPECTED_MARKDOWN = "\n".join([
     '| # | issue | labels | score | reactions | discussion | recent | age |',
     '|---:|---|---|---:|---|---:|---:|---:|',
     '| 1 | '
-    '[#1](https://github.com/octo/repo/issues/1) Crash when \\| pipe in @\u200bname<br>Crashes on start when the path has a pipe. | '
+    '[#1](https://github.com/octo/repo/issues/1) Crash when \\| pipe in @\u200bname — Crashes on start when the path has a pipe. | '
     '`bug` | 39.79 | 👍 10 ❤️ 2 👎 1 (24.5) | 4.5 | 9.11 | 1.68 |',
     '| 2 | [#2](https://github.com/octo/repo/issues/2) Dark mode | `enhancement` | 19.68 | '
     '👍 3 👀 1 (7) | 3 | 9.58 | 0.1 |',

@@ -10,7 +10,7 @@ import pytest
 
 from bot.config import DEFAULTS
 from bot.core.plan import AddLabels, Comment, marker
-from bot.core.sanitize import sanitize
+from bot.core import render, render_check
 from bot.core.triage import decide, is_protected, missing_information
 from bot.models.base import KINDS, FakeModel, IssueText, Prediction
 
@@ -47,15 +47,15 @@ def comment_of(plan):
 
 
 def mentions_outside_code(text):
-    """@names GitHub would notify: outside code spans/blocks, not part of an e-mail address."""
-    text = re.sub(r"```.*?```", "", text, flags=re.S)
-    text = re.sub(r"`[^`]*`", "", text)
-    return {m.lower() for m in re.findall(r"(?<![\w`/@.])@([A-Za-z0-9][A-Za-z0-9-]*)", text)}
+    """@names GitHub would notify: in the cmark-gfm rendering, in text outside code and pre."""
+    texts, _ = render_check.rendered(text, repo=REPO)
+    return {m.lower() for chunk in texts for m in re.findall(r"@([A-Za-z0-9][A-Za-z0-9-]*)", chunk)}
 
 
 def links_outside_code(text):
-    text = re.sub(r"`[^`]*`", "", text)
-    return re.findall(r"(?:https?|javascript|mailto|ftp|data):[^\s)]*|www\.[^\s)]*", text, flags=re.I)
+    """Every link GitHub would show: hrefs in the rendering, and URL text an autolinker could take."""
+    texts, hrefs = render_check.rendered(text, repo=REPO)
+    return hrefs + [m.group(0) for chunk in texts for m in render_check._URL_TEXT.finditer(chunk)]
 
 
 def test_confident_bug_gets_mapped_label_and_one_marked_comment():
@@ -159,33 +159,38 @@ def test_duplicates_and_cached_answer_are_listed_sanitised():
     assert mentions_outside_code(body) <= {AUTHOR} and not links_outside_code(body)
 
 
-# -- sanitizer --------------------------------------------------------------------------------------
+# -- rendering of issue text (bot.core.render; the property suite is tests/test_render_properties.py) ----
 
-def test_sanitize_neutralises_mentions_other_than_the_author():
-    text = sanitize("thanks @alice, cc @bob and @org/team", author="alice", repo=REPO)
+def test_rendered_text_neutralises_mentions_other_than_the_author():
+    text = render.text("thanks @alice, cc @bob and @org/team", author="alice", repo=REPO)
     assert "@alice" in text and mentions_outside_code(text) == {"alice"}
 
 
-def test_sanitize_removes_images_and_html():
-    text = sanitize('a ![x](https://e.com/p.png) <img src="https://e.com/t.gif"> <b>bold</b> <script>x</script>',
-                    repo=REPO)
-    assert "<" not in text.replace("&lt;", "") and "p.png" not in text and "t.gif" not in text
+def test_rendered_text_shows_images_and_html_as_text():
+    text = render.text('a ![x](https://e.com/p.png) <img src="https://e.com/t.gif"> <b>bold</b> <script>x</script>',
+                       repo=REPO)
+    html = render_check.render_html(text)
+    assert "<img" not in html and "<b>" not in html and "<script" not in html and "&lt;b&gt;" in html
+    assert render_check.problems(text, repo=REPO) == []
 
 
-def test_sanitize_keeps_links_into_this_repo_only():
-    text = sanitize(f"[ok](https://github.com/{REPO}/issues/1) [bad](https://evil.example.com) "
-                    "https://evil.example.com/raw", repo=REPO)
+def test_links_are_made_by_templates_into_this_repo_only():
+    text = render.join(" ", [render.link(render.text("ok"), REPO, "issues/1"),
+                             render.text("[bad](https://evil.example.com) https://evil.example.com/raw", repo=REPO)])
     assert f"(https://github.com/{REPO}/issues/1)" in text
     assert links_outside_code(text) == [f"https://github.com/{REPO}/issues/1"]
+    with pytest.raises(ValueError):
+        render.link(render.text("x"), REPO, "../../evil/repo")
 
 
-def test_sanitize_caps_length():
-    assert len(sanitize("word " * 5000, max_length=500)) <= 500
+def test_rendered_text_is_capped():
+    assert len(render.text("word " * 5000, max_length=500)) <= 500
 
 
-def test_sanitize_neutralises_cross_repo_references():
-    text = sanitize(f"see other/repo#12 and {REPO}#3", repo=REPO)
-    assert "`other/repo#12`" in text and f"{REPO}#3" in text
+def test_rendered_text_neutralises_cross_repo_references():
+    text = render.text(f"see other/repo#12 and {REPO}#3", repo=REPO)
+    assert "other/repo#12" not in text and f"{REPO}#3" in text
+    assert render_check.problems(text, repo=REPO) == []
 
 
 # -- injection corpus -------------------------------------------------------------------------------
@@ -218,7 +223,9 @@ def test_injection_leads_to_no_action_outside_the_allowlist(case):
         body = comment.body[len(marker("triage")):]
         assert mentions_outside_code(body) <= {AUTHOR}, body
         assert not links_outside_code(body), body
-        assert "<img" not in body and "<a " not in body and "<!--" not in body
+        html = render_check.render_html(body)  # what GitHub shows: the text may quote HTML, never carry it
+        assert "<img" not in html and "<a " not in html and "<!--" not in html
+        assert render_check.problems(comment.body, author=AUTHOR, repo=REPO) == []
         assert "Never follow instructions" not in body  # no system-prompt text reaches the comment
 
 

@@ -306,8 +306,8 @@ async def test_summaries_come_from_the_model_and_are_cached_per_issue(services, 
     ctx = await context(services)
     set_flag(ctx.db, REPO, 2, "no-ai", True)
     _title, markdown, _week = await digest.build_digest(ctx, "2024-W10", now=NOW)
-    assert "Crash when the path has a \\| pipe<br>Asks for a fix." in markdown
-    assert "Dark mode<br>" not in markdown  # no-ai: the title stands alone
+    assert "Crash when the path has a \\| pipe — Asks for a fix." in markdown
+    assert "Dark mode —" not in markdown  # no-ai: the title stands alone
     asked = sorted(call.number for call in fake_model.calls)
     assert asked == [1, 7, 8, 9, 11]
     await digest.build_digest(ctx, "2024-W10", now=NOW)

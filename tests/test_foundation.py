@@ -10,6 +10,7 @@ from gidgethub.routing import Router
 from bot.actions import apply
 from bot.app import signature_for, verify_signature
 from bot.config import parse_repo_config
+from bot.core import render
 from bot.core.plan import Comment, Plan, marker
 from bot.queue import Worker
 from tests.conftest import REPO, event_payload, start_server
@@ -23,7 +24,7 @@ def add_echo_router(server, calls: list):
     async def on_opened(event, gh, ctx):
         calls.append(event.delivery_id)
         number = event.data["issue"]["number"]
-        await apply(Plan([Comment(number, "Thanks for the report!", marker=marker("echo", number))]), ctx)
+        await apply(Plan([Comment(number, render.fmt("Thanks for the report!"), marker=marker("echo", number))]), ctx)
 
     server.services.routers.append(("echo", router))
     return router

@@ -25,6 +25,7 @@ from fnmatch import fnmatchcase
 from html.parser import HTMLParser
 from typing import Any, NamedTuple
 
+from bot.core import render
 from cmarkgfm.cmark import Options as _CmarkOptions
 
 from bot.core.cmark import gfm_to_html
@@ -142,6 +143,8 @@ class CommandOutcome:
     plan: Plan = field(default_factory=Plan)
     verdicts: list[Verdict] = field(default_factory=list)
     calls: list[FeatureCall] = field(default_factory=list)
+    refusals: list[render.Safe] = field(default_factory=list)
+    want_help: bool = False
 
 
 # --------------------------------------------------------------------------------------------------
@@ -376,14 +379,42 @@ def _is_enabled(name: str, config: dict[str, Any], enabled_features: Collection[
     return name not in FEATURE_COMMANDS or _feature_enabled(name, enabled_features)
 
 
-def _quote(line: str, limit: int = 120) -> str:
-    """Inline code of a command line; code spans also keep ``@mentions`` in it from notifying."""
-    text = " ".join(line.split())
-    if len(text) > limit:
-        text = text[: limit - 1] + "…"
-    fence = "``" if "`" in text else "`"
-    pad = " " if fence == "``" else ""
-    return f"{fence}{pad}{text}{pad}{fence}"
+def _quote(line: str, limit: int = 120) -> render.Safe:
+    """A command line as inline code that nothing in it can close (``render.code``); mentions,
+    images and links in it stay inert text."""
+    return render.code(line, max_length=limit)
+
+
+def _reply_text(reply: str | render.Safe) -> render.Safe:
+    """A refusal reason: ``Safe`` from a template, or a plain constant shown as escaped text."""
+    return reply if isinstance(reply, render.Safe) else render.text(reply)
+
+
+def refusal_line(command: Command, reply: str | render.Safe) -> render.Safe:
+    """One refused command: its quoted line and why (``: why`` or `` why``)."""
+    text = _reply_text(reply)
+    separator = "" if text.startswith(":") else " "
+    return render.join(separator, [_quote(command.line), text])
+
+
+def reply_body(actor: str, refusals: list[render.Safe], help_block: render.Safe | None = None) -> render.Safe:
+    """The ONE reply to a comment's commands: refusals (one sentence, or a list) and/or the help table.
+
+    The only live mention is the actor's; everything quoted from the comment is code or escaped text.
+    """
+    mention = render.mention(actor)
+    parts: list[render.Safe] = []
+    if len(refusals) == 1:
+        parts.append(render.fmt("{mention} {refusal}.", mention=mention, refusal=refusals[0]))
+    elif refusals:
+        listed = render.join("\n", [render.fmt("- {line}", line=line) for line in refusals])
+        parts.append(render.fmt("{mention} these commands were not run:\n\n{listed}", mention=mention,
+                                listed=listed))
+    if help_block is not None:
+        if not refusals:
+            parts.append(render.fmt("{mention} here is what I can do in this repository:", mention=mention))
+        parts.append(help_block)
+    return render.join("\n\n", parts)
 
 
 def _label_lookup(names: Iterable[str]) -> dict[str, str]:
@@ -404,29 +435,34 @@ def _check_membership(check: Callable[[Any], bool] | Collection[Any] | None, val
     return value in check
 
 
-def help_text(config: dict[str, Any], enabled_features: Collection[str], bot_login: str = "") -> str:
+def help_text(config: dict[str, Any], enabled_features: Collection[str], bot_login: str = "") -> render.Safe:
     """Markdown listing the commands this repository has enabled and who may use each."""
-    rows = []
+    rows: list[render.Safe] = []
     open_labels = [str(label) for label in config.get("open_labels") or []]
     for name, spec in COMMANDS.items():
         if not _is_enabled(name, config, enabled_features):
             continue
         who = effective_who(name, config)
-        text = {ANYONE: "anyone", AUTHOR: "write access or the issue's author", WRITE: "write access"}[who]
+        text = render.fmt({ANYONE: "anyone", AUTHOR: "write access or the issue's author",
+                           WRITE: "write access"}[who])
         if name in ("label", "unlabel") and open_labels and who != ANYONE:
-            text += "; anyone for " + ", ".join(f"`{label}`" for label in open_labels)
+            labels = render.join(", ", [render.code(label, table=True) for label in open_labels])
+            text = render.fmt("{text}; anyone for {labels}", text=text, labels=labels)
         if name == "reopen" and who == WRITE:
-            text += ", or the author when the bot closed it"
+            text = render.fmt("{text}, or the author when the bot closed it", text=text)
         if name in ("assign", "unassign") and who != ANYONE and config.get("self_assign", True):
-            text += f"; anyone may {name} themselves"
-        rows.append(f"| `{spec.usage}` | {spec.does} | {text} |")
+            text = render.fmt("{text}; anyone may " + name + " themselves", text=text)
+        rows.append(render.fmt("| {usage} | " + spec.does + " | {text} |", usage=render.code(spec.usage, table=True),
+                               text=text))
     mention = re.sub(r"\[bot\]$", "", bot_login, flags=re.IGNORECASE)
-    addressed = f" (or `@{mention} <command>`)" if mention else ""
-    header = (
-        f"Start a line with a command{addressed}; several lines run in order. "
-        "Commands in code blocks and quotes are ignored."
+    addressed = render.fmt(" (or {example})", example=render.code(f"@{mention} <command>")) if mention \
+        else render.EMPTY
+    header = render.fmt(
+        "Start a line with a command{addressed}; several lines run in order. "
+        "Commands in code blocks and quotes are ignored.", addressed=addressed,
     )
-    return "\n".join([header, "", "| command | does | who may use it |", "|---|---|---|", *rows])
+    return render.join("\n", [header, render.EMPTY, render.fmt("| command | does | who may use it |"),
+                              render.fmt("|---|---|---|"), *rows])
 
 
 @dataclass
@@ -486,18 +522,17 @@ def decide(
         assignees={(user.get("login") or "").lower() for user in issue.get("assignees") or []},
     )
     repo_label_names = _label_lookup(repo_labels)
-    refusals: list[str] = []
+    refusals = outcome.refusals
     want_help = False
     ran = 0
 
-    def verdict(command: Command, allowed: bool, reason: str, reply: str | None = None) -> None:
+    def verdict(command: Command, allowed: bool, reason: str, reply: str | render.Safe | None = None) -> None:
         nonlocal ran
         outcome.verdicts.append(Verdict(command, allowed, reason))
         if allowed:
             ran += 1
         if reply:
-            separator = "" if reply.startswith(":") else " "
-            refusals.append(f"{_quote(command.line)}{separator}{reply}")
+            refusals.append(refusal_line(command, reply))
 
     for index, command in enumerate(commands):
         name = command.name
@@ -548,7 +583,7 @@ def decide(
             reason_arg = command.args[0].lower() if command.args else "not-planned"
             state_reason = CLOSE_REASONS.get(reason_arg)
             if state_reason is None:
-                why = "takes `completed` or `not-planned`"
+                why = render.fmt("takes `completed` or `not-planned`")
                 verdict(command, False, f"unknown close reason {reason_arg!r}", why)
             elif not state.open:
                 verdict(command, True, "already closed")
@@ -562,22 +597,12 @@ def decide(
             outcome.calls.append(FeatureCall(name, command, command.args))
             verdict(command, True, f"handed to {COMMANDS[name].feature}")
 
-    reply_parts = []
-    mention = f"@{actor}"
-    if refusals:
-        if len(refusals) == 1:
-            reply_parts.append(f"{mention} {refusals[0]}.")
-        else:
-            reply_parts.append(f"{mention} these commands were not run:\n\n" + "\n".join(
-                f"- {line}" for line in refusals))
-    if want_help:
-        if not refusals:
-            reply_parts.append(f"{mention} here is what I can do in this repository:")
-        reply_parts.append(help_text(config, enabled_features, bot_login))
-    if reply_parts:
+    outcome.want_help = want_help
+    if refusals or want_help:
         # Keyed by the comment that held the commands, so a retried delivery edits rather than re-posts.
         reply_key = comment_id if comment_id is not None else f"issue-{number}"
-        plan.add(Comment(number, "\n\n".join(reply_parts), marker=marker("reply", reply_key)))
+        body = reply_body(actor, refusals, help_text(config, enabled_features, bot_login) if want_help else None)
+        plan.add(Comment(number, body, marker=marker("reply", reply_key)))
     if ran:
         plan.add(React(number, "+1", comment_id))
     plan.reason = "commands: " + ", ".join(
@@ -602,16 +627,16 @@ def _label_command(command: Command, who: str, is_write: bool, is_author: bool, 
     protected = [str(pattern) for pattern in config.get("protected_labels") or []]
     allowed_by_role = _may(who, is_write=is_write, is_author=is_author)
     done: list[str] = []
-    problems: list[str] = []
+    problems: list[render.Safe] = []
     for wanted in dict.fromkeys(command.args):
         key = wanted.lower()
         label = repo_labels.get(key)
         if label is None:
-            problems.append(f"`{wanted}` does not exist in this repository")
+            problems.append(render.fmt("{label} does not exist in this repository", label=render.code(wanted)))
         elif _is_protected(label, protected) and not is_write:
-            problems.append(f"`{label}` is protected: needs write access")
+            problems.append(render.fmt("{label} is protected: needs write access", label=render.code(label)))
         elif not (allowed_by_role or key in open_labels):
-            problems.append(f"`{label}` {_needs(who)}")
+            problems.append(render.fmt("{label} " + _needs(who), label=render.code(label)))
         elif adding:
             if key not in state.labels:
                 state.labels[key] = label
@@ -627,7 +652,8 @@ def _label_command(command: Command, who: str, is_write: bool, is_author: bool, 
     if problems:
         # Some labels may have been applied; the verdict says the command ran unless nothing could.
         applied_any = bool(done) or len(problems) < len(dict.fromkeys(command.args))
-        verdict(command, applied_any, f"{summary}; " + "; ".join(problems), ": " + "; ".join(problems))
+        verdict(command, applied_any, f"{summary}; " + "; ".join(problems),
+                render.fmt(": {problems}", problems=render.join("; ", problems)))
     else:
         verdict(command, True, summary)
 
@@ -642,17 +668,17 @@ def _assign_command(command: Command, actor: str, who: str, is_write: bool, is_a
     self_ok = bool(config.get("self_assign", True)) or not assigning  # removing yourself is always fine
     targets = command.args or ("me",)
     done: list[str] = []
-    problems: list[str] = []
+    problems: list[render.Safe] = []
     refused_others: list[str] = []
     for raw in dict.fromkeys(targets):
         login = actor if raw.lower() in ("me", "@me") else raw.lstrip("@")
         if not _LOGIN.match(login):
-            problems.append(f"`{raw}` is not a GitHub login")
+            problems.append(render.fmt("{raw} is not a GitHub login", raw=render.code(raw)))
             continue
         is_self = login.lower() == actor.lower()
         if not (allowed_by_role or (is_self and self_ok)):
             if is_self:
-                problems.append(f"{'assigning' if assigning else 'unassigning'} yourself needs write access")
+                problems.append(render.fmt(f"{'assigning' if assigning else 'unassigning'} yourself needs write access"))
             else:
                 refused_others.append(login)
             continue
@@ -660,7 +686,7 @@ def _assign_command(command: Command, actor: str, who: str, is_write: bool, is_a
             if login.lower() in state.assignees:
                 continue
             if not _check_membership(can_be_assigned, login):
-                problems.append(f"`{login}` can't be assigned to issues here")
+                problems.append(render.fmt("{login} can't be assigned to issues here", login=render.code(login)))
                 continue
             state.assignees.add(login.lower())
         else:
@@ -669,8 +695,9 @@ def _assign_command(command: Command, actor: str, who: str, is_write: bool, is_a
             state.assignees.discard(login.lower())
         done.append(login)
     if refused_others:
-        whom = ", ".join(f"`{login}`" for login in refused_others)
-        problems.append(f"{'assigning' if assigning else 'unassigning'} others ({whom}) needs write access")
+        whom = render.join(", ", [render.code(login) for login in refused_others])
+        problems.append(render.fmt(f"{'assigning' if assigning else 'unassigning'} others ({{whom}}) needs write access",
+                                   whom=whom))
     if done:
         action = Assign if assigning else Unassign
         plan.add(action(state.number, tuple(done)))
@@ -678,7 +705,8 @@ def _assign_command(command: Command, actor: str, who: str, is_write: bool, is_a
     summary = f"{verb} {', '.join(done) or 'nobody new'}"
     if problems:
         applied_any = len(problems) < len(dict.fromkeys(targets))
-        verdict(command, applied_any, f"{summary}; " + "; ".join(problems), ": " + "; ".join(problems))
+        verdict(command, applied_any, f"{summary}; " + "; ".join(problems),
+                render.fmt(": {problems}", problems=render.join("; ", problems)))
     else:
         verdict(command, True, summary)
 
@@ -689,17 +717,19 @@ def _duplicate_command(command: Command, state: _IssueState, repo_labels: dict[s
     """``/duplicate #N``: link, label ``duplicate`` when the repo has it, close as duplicate."""
     match = _ISSUE_REF.match(command.args[0]) if len(command.args) == 1 else None
     if match is None:
-        verdict(command, False, "no issue number", "needs one issue number, like `/duplicate #123`")
+        verdict(command, False, "no issue number", render.fmt("needs one issue number, like `/duplicate #123`"))
         return
     original = int(match.group(1))
     if original == state.number:
         verdict(command, False, "points at itself", "can't mark an issue as a duplicate of itself")
         return
     if original <= 0 or not _check_membership(issue_exists, original):
-        verdict(command, False, f"#{original} does not exist", f": #{original} is not an issue in this repository")
+        verdict(command, False, f"#{original} does not exist",
+                render.fmt(": {ref} is not an issue in this repository", ref=render.text(f"#{original}")))
         return
     # "Duplicate of #N" is the phrase GitHub itself recognises to link the two issues.
-    plan.add(Comment(state.number, f"Duplicate of #{original}", marker=marker("duplicate", original)))
+    plan.add(Comment(state.number, render.fmt("Duplicate of {ref}", ref=render.issue_ref(original)),
+                     marker=marker("duplicate", original)))
     label = repo_labels.get("duplicate")
     if label and "duplicate" not in state.labels:
         state.labels["duplicate"] = label

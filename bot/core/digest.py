@@ -25,8 +25,10 @@ from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from bot.core import render as rendering  # the module; ``render`` below is the digest's function
 from bot.core.lifecycle import parse_time
 from bot.core.plan import marker
+from bot.core.render import Safe
 
 REACTION_WEIGHTS: dict[str, float] = {
     "+1": 2.0,
@@ -174,9 +176,9 @@ def latest_week(now: datetime, day: str = "monday", hour: int = 9,
     raise AssertionError("unreachable: a window ends at least every seven days")
 
 
-def title(start: datetime, end: datetime) -> str:
+def title(start: datetime, end: datetime) -> Safe:
     """The digest issue's title: ``Weekly digest: <start date> – <end date>``."""
-    return f"Weekly digest: {start.date().isoformat()} – {end.date().isoformat()}"
+    return rendering.title(f"Weekly digest: {start.date().isoformat()} – {end.date().isoformat()}")
 
 
 @dataclass(frozen=True)
@@ -286,73 +288,74 @@ def needs_maintainer(issues: Iterable[Mapping[str, Any]], comments_by_issue: Map
         tzinfo=timezone.utc), int(issue["number"])))
 
 
-def _escape(text: str) -> str:
-    """Untrusted text for a table cell: no pipes or newlines, and ``@name`` that pings nobody."""
-    cleaned = " ".join(str(text).split()).replace("|", "\\|")
-    return cleaned.replace("@", "@\u200b")
+def _escape(text: str) -> Safe:
+    """Untrusted text (a title, a model's summary) for a table cell or list item: escaped plain text
+    on one line (``rendering.line``): ``|`` and Markdown inert, ``@name`` and links ping and link nothing."""
+    return rendering.line(text, 300, table=True)
 
 
-def _link(repo: str, issue: Mapping[str, Any]) -> str:
-    number = int(issue["number"])
-    url = issue.get("html_url") or f"https://github.com/{repo}/issues/{number}"
-    return f"[#{number}]({url})"
+def _link(repo: str, issue: Mapping[str, Any]) -> Safe:
+    """``[#N](https://github.com/OWNER/REPO/issues/N)``, built from the number (never the payload's URL)."""
+    return rendering.issue_link(repo, int(issue["number"]))
 
 
-def _change(now: int, before: int | None) -> str:
+def _change(now: int, before: int | None) -> Safe:
     if before is None:
-        return ""
+        return rendering.EMPTY
     delta = now - before
-    return "±0" if delta == 0 else f"{delta:+d}"
+    return rendering.fmt("±0") if delta == 0 else rendering.fmt("{delta:+d}", delta=delta)
 
 
-def _reaction_summary(issue: Mapping[str, Any]) -> str:
+def _reaction_summary(issue: Mapping[str, Any]) -> Safe:
     reactions = issue.get("reactions") or {}
-    parts = [f"{_REACTION_EMOJI[name]} {int(reactions.get(name) or 0)}"
+    parts = [rendering.fmt(_REACTION_EMOJI[name] + " {count}", count=int(reactions.get(name) or 0))
              for name in REACTION_WEIGHTS if int(reactions.get(name) or 0)]
-    return " ".join(parts) or "–"
+    return rendering.join(" ", parts) or rendering.fmt("–")
 
 
-def _number(value: float) -> str:
-    return f"{value:g}" if value == int(value) else f"{value:.2f}".rstrip("0")
+def _number(value: float) -> Safe:
+    return rendering.text(f"{value:g}" if value == int(value) else f"{value:.2f}".rstrip("0"))
 
 
-def mermaid_chart(daily: list[tuple[date, int, int]]) -> str:
+def mermaid_chart(daily: list[tuple[date, int, int]]) -> Safe:
     """A Mermaid ``xychart-beta`` block: bars for issues opened per day, a line for issues closed."""
     labels = ", ".join(f'"{day.strftime("%m-%d")}"' for day, _, _ in daily)
     opened = ", ".join(str(count) for _, count, _ in daily)
     closed = ", ".join(str(count) for _, _, count in daily)
     top = max([1] + [max(opened_count, closed_count) for _, opened_count, closed_count in daily])
-    return "\n".join([
-        "```mermaid",
+    return rendering.code_block("\n".join([
         "xychart-beta",
         '    title "Issues opened (bars) and closed (line) per day"',
         f"    x-axis [{labels}]",
         f'    y-axis "Issues" 0 --> {top}',
         f"    bar [{opened}]",
         f"    line [{closed}]",
-        "```",
-    ])
+    ]), lang="mermaid")
 
 
 def render(repo: str, week: str, counts: Counts, top: list[tuple[Mapping[str, Any], ScoreParts]],
            needs_maintainer: list[Mapping[str, Any]], waiting_on_authors: list[tuple[Mapping[str, Any], str, datetime]],
            duplicates: list[tuple[int, int]], daily_opened_closed: list[tuple[date, int, int]], *,
-           bounds: tuple[datetime, datetime] | None = None) -> str:
+           bounds: tuple[datetime, datetime] | None = None) -> Safe:
     """The digest issue's markdown for ``repo`` and ``week`` (``YYYY-Www``), with its hidden marker.
 
     ``top`` comes from ``rank``; an issue's one-line ``summary`` key (from the model cascade) is shown
     when present. ``waiting_on_authors`` holds ``(issue, next step, when)`` from
     ``lifecycle.next_needs_info_step``; ``duplicates`` holds ``(issue, probably duplicate of)`` numbers
-    found this week; ``daily_opened_closed`` is the 8-week series for the chart.
+    found this week; ``daily_opened_closed`` is the 8-week series for the chart. Titles, summaries and
+    label names are rendered by ``bot.core.render`` (inert text, code spans); the digest mentions nobody.
     """
+    fmt, text = rendering.fmt, rendering.text
     previous = counts.previous
-    lines = [marker("digest", week), ""]
+    lines: list[Safe] = [marker("digest", week), rendering.EMPTY]
     if bounds is not None:
-        lines.append(f"# Weekly digest for {repo}: {week} ({bounds[0]:%Y-%m-%d %H:%M} – {bounds[1]:%Y-%m-%d %H:%M} "
-                     f"{bounds[1].tzname() or 'UTC'})")
+        lines.append(fmt("# Weekly digest for {repo}: {week} ({start} – {end} {zone})", repo=text(repo),
+                         week=text(week), start=text(f"{bounds[0]:%Y-%m-%d %H:%M}"),
+                         end=text(f"{bounds[1]:%Y-%m-%d %H:%M}"), zone=text(bounds[1].tzname() or "UTC")))
     else:
-        lines.append(f"# Weekly digest for {repo}: {week}")
-    lines += ["", "## Counts", "", "| | this week | change from the week before |", "|---|---:|---:|"]
+        lines.append(fmt("# Weekly digest for {repo}: {week}", repo=text(repo), week=text(week)))
+    lines += [rendering.EMPTY, fmt("## Counts"), rendering.EMPTY, fmt("| | this week | change from the week before |"),
+              fmt("|---|---:|---:|")]
     rows = [
         ("Opened", counts.opened, previous.opened if previous else None),
         ("Closed as completed", counts.closed_completed, previous.closed_completed if previous else None),
@@ -360,55 +363,60 @@ def render(repo: str, week: str, counts: Counts, top: list[tuple[Mapping[str, An
         ("Closed as duplicate", counts.closed_duplicate, previous.closed_duplicate if previous else None),
         ("Still open", counts.still_open, previous.still_open if previous else None),
     ]
-    lines += [f"| {name} | {value} | {_change(value, before)} |" for name, value, before in rows]
+    lines += [fmt("| " + name + " | {value} | {change} |", value=int(value), change=_change(value, before))
+              for name, value, before in rows]
 
-    lines += ["", f"## Top issues ({len(top)})", ""]
+    lines += [rendering.EMPTY, fmt("## Top issues ({count})", count=len(top)), rendering.EMPTY]
     if top:
         lines += [
-            "Score = reactions (👍 ❤️ 2, 🎉 🚀 😄 👀 1, 👎 😕 0.5) + 1.5 per commenter + recent activity (up to 10) "
-            "+ age (up to 6).",
-            "",
-            "| # | issue | labels | score | reactions | discussion | recent | age |",
-            "|---:|---|---|---:|---|---:|---:|---:|",
+            fmt("Score = reactions (👍 ❤️ 2, 🎉 🚀 😄 👀 1, 👎 😕 0.5) + 1.5 per commenter + recent activity (up to 10) "
+                "+ age (up to 6)."),
+            rendering.EMPTY,
+            fmt("| # | issue | labels | score | reactions | discussion | recent | age |"),
+            fmt("|---:|---|---|---:|---|---:|---:|---:|"),
         ]
         for place, (issue, parts) in enumerate(top, start=1):
-            labels = ", ".join(f"`{_escape(name)}`" for name in _label_names(issue)) or "–"
+            labels = rendering.join(", ", [rendering.code(name, table=True) for name in _label_names(issue)]) \
+                or fmt("–")
             summary = issue.get("summary")
-            text = f"{_link(repo, issue)} {_escape(issue.get('title', ''))}"
+            cell = fmt("{link} {title}", link=_link(repo, issue), title=_escape(issue.get("title", "")))
             if summary:
-                text += f"<br>{_escape(summary)}"
-            lines.append(
-                f"| {place} | {text} | {labels} | {_number(parts.total)} | {_reaction_summary(issue)} "
-                f"({_number(parts.reactions)}) | {_number(parts.commenters)} | {_number(parts.recency)} "
-                f"| {_number(parts.age)} |"
-            )
+                cell = fmt("{cell} — {summary}", cell=cell, summary=_escape(summary))
+            lines.append(fmt(
+                "| {place} | {cell} | {labels} | {total} | {reactions} ({reaction_score}) | {commenters} | {recency} "
+                "| {age} |", place=place, cell=cell, labels=labels, total=_number(parts.total),
+                reactions=_reaction_summary(issue), reaction_score=_number(parts.reactions),
+                commenters=_number(parts.commenters), recency=_number(parts.recency), age=_number(parts.age)))
     else:
-        lines.append("No open issues.")
+        lines.append(fmt("No open issues."))
 
-    lines += ["", f"## Needs a maintainer ({len(needs_maintainer)})", ""]
+    lines += [rendering.EMPTY, fmt("## Needs a maintainer ({count})", count=len(needs_maintainer)), rendering.EMPTY]
     if needs_maintainer:
-        lines.append("Open issues with no reply from anyone with write access, oldest first.")
-        lines.append("")
+        lines.append(fmt("Open issues with no reply from anyone with write access, oldest first."))
+        lines.append(rendering.EMPTY)
         ordered = sorted(needs_maintainer, key=lambda issue: (str(issue.get("created_at") or ""), int(issue["number"])))
         for issue in ordered:
             opened = (_time(issue.get("created_at")) or datetime.min.replace(tzinfo=timezone.utc)).date()
-            lines.append(f"- {_link(repo, issue)} {_escape(issue.get('title', ''))} (opened {opened.isoformat()})")
+            lines.append(fmt("- {link} {title} (opened {opened})", link=_link(repo, issue),
+                             title=_escape(issue.get("title", "")), opened=text(opened.isoformat())))
     else:
-        lines.append("Every open issue has an answer from a maintainer.")
+        lines.append(fmt("Every open issue has an answer from a maintainer."))
 
-    lines += ["", f"## Waiting on authors ({len(waiting_on_authors)})", ""]
+    lines += [rendering.EMPTY, fmt("## Waiting on authors ({count})", count=len(waiting_on_authors)), rendering.EMPTY]
     if waiting_on_authors:
         for issue, step, when in sorted(waiting_on_authors, key=lambda item: (item[2], int(item[0]["number"]))):
             verb = "ping" if step == "ping" else "close"
-            lines.append(f"- {_link(repo, issue)} {_escape(issue.get('title', ''))}: {verb} on "
-                         f"{when.astimezone(timezone.utc):%Y-%m-%d}")
+            lines.append(fmt("- {link} {title}: " + verb + " on {when}", link=_link(repo, issue),
+                             title=_escape(issue.get("title", "")),
+                             when=text(f"{when.astimezone(timezone.utc):%Y-%m-%d}")))
     else:
-        lines.append("Nobody is being waited on.")
+        lines.append(fmt("Nobody is being waited on."))
 
     if duplicates:
-        lines += ["", f"## Possible duplicates ({len(duplicates)})", ""]
-        lines += [f"- #{issue} may duplicate #{original}" for issue, original in duplicates]
+        lines += [rendering.EMPTY, fmt("## Possible duplicates ({count})", count=len(duplicates)), rendering.EMPTY]
+        lines += [fmt("- {issue} may duplicate {original}", issue=rendering.issue_ref(issue),
+                      original=rendering.issue_ref(original)) for issue, original in duplicates]
 
-    lines += ["", f"## Opened and closed per day, last {len(daily_opened_closed) // 7} weeks", "",
-              mermaid_chart(daily_opened_closed), ""]
-    return "\n".join(lines)
+    lines += [rendering.EMPTY, fmt("## Opened and closed per day, last {weeks} weeks", weeks=len(daily_opened_closed) // 7),
+              rendering.EMPTY, mermaid_chart(daily_opened_closed), rendering.EMPTY]
+    return rendering.join("\n", lines)

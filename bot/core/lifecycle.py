@@ -24,6 +24,7 @@ from datetime import datetime, timedelta, timezone
 from fnmatch import fnmatchcase
 from typing import Any
 
+from bot.core import render
 from bot.core.commands import parse as parse_commands
 from bot.core.plan import AddLabels, Close, Comment, CreateLabel, Plan, Reopen, RemoveLabel, marker
 
@@ -32,23 +33,24 @@ CLOSE_MARKER = "needs-info-close"
 STALE_MARKER = "stale"
 STALE_CLOSE_MARKER = "stale-close"
 
+# Templates for bot.core.render.fmt: {author} is render.mention, {label} render.code, numbers as is.
 PING_MESSAGE = (
-    "@{author} a friendly reminder: this issue is waiting for the information asked for above. "
-    "When you reply, the `{label}` label comes off and a maintainer will take another look. "
+    "{author} a friendly reminder: this issue is waiting for the information asked for above. "
+    "When you reply, the {label} label comes off and a maintainer will take another look. "
     "Without a reply in {close_after_days} days the issue will be closed as not planned; "
     "replying afterwards reopens it."
 )
 CLOSE_MESSAGE = (
     "Closing this as not planned because the information asked for has not arrived. "
-    "@{author} nothing is lost: just reply here with it and the issue reopens."
+    "{author} nothing is lost: just reply here with it and the issue reopens."
 )
 STALE_MESSAGE_CLOSE = (
-    "This issue has waited on its author for {days} days without activity, so it is marked `{label}`. "
+    "This issue has waited on its author for {days} days without activity, so it is marked {label}. "
     "It will be closed as not planned in {close_days} days unless someone comments; any comment "
     "removes the label."
 )
 STALE_MESSAGE_LABEL_ONLY = (
-    "This issue has waited on its author for {days} days without activity, so it is marked `{label}`. "
+    "This issue has waited on its author for {days} days without activity, so it is marked {label}. "
     "It stays open; any comment removes the label."
 )
 STALE_CLOSE_MESSAGE = (
@@ -404,8 +406,8 @@ def _needs_info_due(issue: dict[str, Any], timeline: list[dict[str, Any]], comme
     if state.ping_at is None:
         if now < state.labeled_at + ping_after:
             return _nothing(f"ping due at {iso(state.labeled_at + ping_after)}")
-        body = PING_MESSAGE.format(author=author, label=state.label,
-                                   close_after_days=settings.get("close_after_days", 7))
+        body = render.fmt(PING_MESSAGE, author=render.mention(author), label=render.code(state.label),
+                          close_after_days=int(settings.get("close_after_days", 7)))
         return _decision("ping", f"no reply from the author {settings.get('ping_after_days', 7)} days after "
                          f"{state.label} was added",
                          Comment(number, body, marker=marker(PING_MARKER, state.key)))
@@ -414,7 +416,8 @@ def _needs_info_due(issue: dict[str, Any], timeline: list[dict[str, Any]], comme
     if now < state.ping_at + close_after:
         return _nothing(f"close due at {iso(state.ping_at + close_after)}")
     return _decision("close", f"no reply from the author {settings.get('close_after_days', 7)} days after the ping",
-                     Comment(number, CLOSE_MESSAGE.format(author=author), marker=marker(CLOSE_MARKER, state.key)),
+                     Comment(number, render.fmt(CLOSE_MESSAGE, author=render.mention(author)),
+                             marker=marker(CLOSE_MARKER, state.key)),
                      Close(number, "not_planned"))
 
 
@@ -443,7 +446,8 @@ def _stale_due(issue: dict[str, Any], timeline: list[dict[str, Any]], comments: 
         if last_activity is None or now < last_activity + timedelta(days=days_until_stale):
             return _nothing(f"human activity within {days_until_stale} days")
         message = STALE_MESSAGE_CLOSE if settings.get("close", True) else STALE_MESSAGE_LABEL_ONLY
-        body = message.format(days=days_until_stale, label=label, close_days=days_until_close)
+        body = render.fmt(message, days=int(days_until_stale), label=render.code(label),
+                          close_days=int(days_until_close))
         return _decision(
             "mark_stale", f"no human activity for {days_until_stale} days",
             CreateLabel(label, "ededed", "No activity for a while; a comment removes this"),
@@ -472,7 +476,8 @@ def _stale_due(issue: dict[str, Any], timeline: list[dict[str, Any]], comments: 
     total_days = days_until_stale + days_until_close
     return _decision(
         "close", f"stale for {days_until_close} days with no human activity",
-        Comment(number, STALE_CLOSE_MESSAGE.format(days=total_days), marker=marker(STALE_CLOSE_MARKER, iso(stale_at))),
+        Comment(number, render.fmt(STALE_CLOSE_MESSAGE, days=int(total_days)),
+                marker=marker(STALE_CLOSE_MARKER, iso(stale_at))),
         Close(number, "not_planned"),
     )
 

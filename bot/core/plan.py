@@ -9,13 +9,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+from bot.core import render
+from bot.core.render import Safe
+
 
 @dataclass(frozen=True)
 class Comment:
-    """Post a comment; with ``marker`` set, edit the bot's earlier comment carrying it instead."""
+    """Post a comment; with ``marker`` set, edit the bot's earlier comment carrying it instead.
+
+    ``body`` must be ``render.Safe``: ``bot.actions`` refuses anything else."""
 
     issue: int
-    body: str
+    body: Safe
     marker: str | None = None
 
 
@@ -76,10 +81,12 @@ class React:
 
 @dataclass(frozen=True)
 class CreateIssue:
-    """Open a new issue; with ``marker`` set, update the bot's open issue carrying it instead."""
+    """Open a new issue; with ``marker`` set, update the bot's open issue carrying it instead.
 
-    title: str
-    body: str
+    ``title`` and ``body`` must be ``render.Safe``."""
+
+    title: Safe
+    body: Safe
     labels: tuple[str, ...] = ()
     marker: str | None = None
 
@@ -87,7 +94,7 @@ class CreateIssue:
 @dataclass(frozen=True)
 class EditIssueBody:
     issue: int
-    body: str
+    body: Safe
 
 
 Action = Union[Comment, AddLabels, RemoveLabel, CreateLabel, Close, Reopen, Assign, Unassign, React,
@@ -110,7 +117,6 @@ class Plan:
         return bool(self.actions)
 
 
-def marker(kind: str, key: str | int = "") -> str:
-    """The hidden HTML comment that lets the bot find its own text again."""
-    suffix = f":{key}" if key != "" else ""
-    return f"<!-- first-responder:{kind}{suffix} -->"
+def marker(kind: str, key: str | int = "") -> Safe:
+    """The hidden HTML comment that lets the bot find its own text again (see ``render.marker``)."""
+    return render.marker(kind, key)

@@ -3,7 +3,8 @@
 Pure: no I/O, no model calls. The structure is what keeps untrusted issue text harmless: whatever the
 model says, the only actions this function can produce are ``AddLabels`` with labels from the config's
 kind mapping (or the needs-triage label) that exist in the repo and are not protected, and one
-``Comment`` carrying ``marker('triage')`` whose text is sanitised.
+``Comment`` carrying ``marker('triage')`` built by ``bot.core.render`` (issue and model text are
+escaped plain text; the only live mention is the author's, in our greeting).
 """
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ import fnmatch
 import re
 from typing import Any, Iterable, Mapping
 
+from bot.core import render
 from bot.core.plan import AddLabels, Comment, Plan, marker
-from bot.core.sanitize import one_line, sanitize
+from bot.core.render import Safe
 
 TRIAGE_MARKER = marker("triage")
-COMMENT_MAX_LENGTH = 2500
 
 # What a maintainer needs in a bug report, with the checklist wording asked of the author.
 BUG_CHECKLIST: dict[str, str] = {
@@ -91,32 +92,41 @@ def allowed_label(name: str, repo_labels: Iterable[str], protected: Iterable[str
     return existing
 
 
+def one_line(text: Any, max_length: int = 200) -> str:
+    """Collapse whitespace to one line and cap it (plain data; ``render`` escapes it for posting)."""
+    line = " ".join(str(text or "").split())
+    return line if len(line) <= max_length else line[: max_length - 1].rstrip() + "…"
+
+
 def _field(obj: Any, name: str, default: Any = None) -> Any:
     if isinstance(obj, Mapping):
         return obj.get(name, default)
     return getattr(obj, name, default)
 
 
-def _duplicate_lines(duplicates: list[Any], limit: int = 3) -> list[str]:
+def _duplicate_lines(duplicates: list[Any], limit: int = 3) -> list[Safe]:
     lines = []
     for candidate in duplicates[:limit]:
         number = _field(candidate, "number")
-        if not isinstance(number, int):
+        if not isinstance(number, int) or isinstance(number, bool) or number <= 0:
             continue
-        title = one_line(_field(candidate, "title", ""), 120)
-        lines.append(f"- #{number}" + (f" {title}" if title else ""))
+        title = render.line(_field(candidate, "title", ""), 120)
+        lines.append(render.fmt("- {ref} {title}" if title else "- {ref}", ref=render.issue_ref(number), title=title))
     return lines
 
 
-def _answer_text(cached_answer: Any) -> str:
+def _answer_text(cached_answer: Any) -> Safe:
     if not cached_answer:
-        return ""
+        return render.EMPTY
     if isinstance(cached_answer, str):
-        return one_line(cached_answer, 500)
+        return render.line(cached_answer, 500)
     text = _field(cached_answer, "answer") or _field(cached_answer, "text") or ""
     number = _field(cached_answer, "number") or _field(cached_answer, "issue")
-    ref = f" (from #{number})" if isinstance(number, int) else ""
-    return one_line(text, 500) + ref if text else ""
+    if not text:
+        return render.EMPTY
+    if isinstance(number, int) and not isinstance(number, bool) and number > 0:
+        return render.fmt("{text} (from {ref})", text=render.line(text, 500), ref=render.issue_ref(number))
+    return render.line(text, 500)
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -204,8 +214,7 @@ def decide(issue: dict[str, Any], config_section: dict[str, Any], repo_labels: s
         body_text = _comment(author=author, confident=confident, kind=kind, labels=labels, summary=summary,
                              quoted=bool(summary) and not model_summary,
                              missing=missing, duplicates=duplicates or [], cached_answer=cached_answer)
-        safe = sanitize(body_text, author=author, repo=repo, max_length=COMMENT_MAX_LENGTH)
-        plan.add(Comment(issue=number, body=f"{TRIAGE_MARKER}\n{safe}", marker=TRIAGE_MARKER))
+        plan.add(Comment(issue=number, body=render.join("\n", [TRIAGE_MARKER, body_text]), marker=TRIAGE_MARKER))
     plan.data = {
         "kind": kind if confident else None,
         "predicted_kind": kind,
@@ -223,38 +232,47 @@ def decide(issue: dict[str, Any], config_section: dict[str, Any], repo_labels: s
 
 def _comment(*, author: str, confident: bool, kind: str | None, labels: list[str], summary: str,
              quoted: bool = False,
-             missing: list[str], duplicates: list[Any], cached_answer: Any) -> str:
-    """The first-response text (sanitised by the caller). Short: what, why, what's missing, where next."""
-    greeting = f"Thanks for opening this issue, @{author}!" if author else "Thanks for opening this issue!"
-    lines = [greeting, ""]
+             missing: list[str], duplicates: list[Any], cached_answer: Any) -> Safe:
+    """The first-response text. Short: what, why, what's missing, where next.
+
+    Our wording is the template; the summary, duplicate titles, the earlier answer and label names
+    are values rendered by ``bot.core.render``, so none of them can mention, link or embed anything.
+    """
+    fmt = render.fmt
+    if author:
+        greeting = fmt("Thanks for opening this issue, {author}!", author=render.mention(author))
+    else:
+        greeting = fmt("Thanks for opening this issue!")
+    lines: list[Safe] = [greeting, render.EMPTY]
     if summary:
         if quoted:  # the author's own sentence, not the bot's reading of it
-            lines += [f"**In short:** “{summary}”", ""]
+            lines += [fmt("**In short:** “{summary}”", summary=render.line(summary, 500)), render.EMPTY]
         else:
-            lines += [f"**What I understood:** {summary}", ""]
+            lines += [fmt("**What I understood:** {summary}", summary=render.line(summary, 500)), render.EMPTY]
     if confident and kind:
-        label_text = f" and added the `{labels[0]}` label" if labels else ""
+        label_text = fmt(" and added the {label} label", label=render.code(labels[0])) if labels else render.EMPTY
         what = {"bug": "a bug report", "feature": "a feature request", "question": "a question",
                 "docs": "a documentation issue"}.get(kind, "an issue outside the usual kinds")
-        lines += [f"**Kind:** this looks like {what}{label_text}.", ""]
+        lines += [fmt("**Kind:** this looks like " + what + "{label_text}.", label_text=label_text), render.EMPTY]
     else:
-        label_text = f" I added `{labels[0]}` so a maintainer can take a look." if labels else \
-            " A maintainer will take a look."
-        lines += [f"I'm not sure what kind of issue this is, so I won't guess.{label_text}", ""]
+        label_text = fmt(" I added {label} so a maintainer can take a look.", label=render.code(labels[0])) \
+            if labels else fmt(" A maintainer will take a look.")
+        lines += [fmt("I'm not sure what kind of issue this is, so I won't guess.{label_text}",
+                      label_text=label_text), render.EMPTY]
     checklist = {**BUG_CHECKLIST, **FEATURE_CHECKLIST}
     if missing:
-        lines.append("**To help a maintainer act on it, could you add:**")
-        lines += [f"- [ ] {checklist[item]}" for item in missing if item in checklist]
-        lines.append("")
+        lines.append(fmt("**To help a maintainer act on it, could you add:**"))
+        lines += [fmt("- [ ] " + checklist[item]) for item in missing if item in checklist]
+        lines.append(render.EMPTY)
     dup_lines = _duplicate_lines(duplicates)
     if dup_lines:
-        lines.append("**Possibly related issues:**")
+        lines.append(fmt("**Possibly related issues:**"))
         lines += dup_lines
-        lines.append("")
+        lines.append(render.EMPTY)
     answer = _answer_text(cached_answer)
     if answer:
-        lines += [f"**An earlier answer that may help:** {answer}", ""]
-    lines.append("Comment `/help` to see what I can do.")
-    lines.append("")
-    lines.append("_This is an automated first response; a maintainer will follow up._")
-    return "\n".join(lines)
+        lines += [fmt("**An earlier answer that may help:** {answer}", answer=answer), render.EMPTY]
+    lines.append(fmt("Comment `/help` to see what I can do."))
+    lines.append(render.EMPTY)
+    lines.append(fmt("_This is an automated first response; a maintainer will follow up._"))
+    return render.join("\n", lines)

@@ -37,14 +37,16 @@ from bot.core.commands import (
     Command,
     CommandOutcome,
     FeatureCall,
-    _quote,
     author_may_reopen,
     decide,
     help_text,
     new_commands,
     parse,
+    refusal_line,
+    reply_body,
     who_closed,
 )
+from bot.core import render
 from bot.core.plan import Comment, Plan, React, marker
 
 log = logging.getLogger(__name__)
@@ -317,7 +319,7 @@ class _CallResult:
 
     __slots__ = ("ok", "reason", "result", "reply")
 
-    def __init__(self, ok: bool, reason: str, result: str, reply: str | None = None) -> None:
+    def __init__(self, ok: bool, reason: str, result: str, reply: str | render.Safe | None = None) -> None:
         self.ok, self.reason, self.result, self.reply = ok, reason, result, reply
 
 
@@ -340,11 +342,12 @@ def _rate_limited(ctx: Context, name: str, number: int, actor: str, is_write: bo
         return None
     wait = refused.retry_after
     if refused.limit.key.startswith("command:paid-by:"):
-        why = (f"was not run: `/triage` and `/summarize` together run at most {PER_USER_LIMIT} times an hour "
-               f"per person; try again in about {_minutes(wait)} min")
+        why = render.fmt("was not run: `/triage` and `/summarize` together run at most {limit} times an hour "
+                         "per person; try again in about {minutes} min",
+                         limit=PER_USER_LIMIT, minutes=_minutes(wait))
     else:
-        why = (f"ran less than {int(PER_ISSUE_INTERVAL // 60)} minutes ago on this issue; "
-               f"try again in about {_minutes(wait)} min")
+        why = render.fmt("ran less than {interval} minutes ago on this issue; try again in about {minutes} min",
+                         interval=int(PER_ISSUE_INTERVAL // 60), minutes=_minutes(wait))
     return _CallResult(False, f"rate limited ({refused.limit.key}) for {wait:.0f}s", "refused", why)
 
 
@@ -357,7 +360,7 @@ async def _run_call(ctx: Context, call: FeatureCall, number: int, actor: str, is
             bot_db.set_flag(ctx.db, ctx.repo, number, flag, on, by=actor)
         return _CallResult(True, f"flag {flag} {'set' if on else 'cleared'}", dry)
     if call.name == "summarize" and bot_db.has_flag(ctx.db, ctx.repo, number, "no-ai"):
-        why = "is off on this issue: `/no-ai` stopped model-written text here"
+        why = render.fmt("is off on this issue: `/no-ai` stopped model-written text here")
         return _CallResult(False, "no-ai is set on this issue", "refused", why)
     if call.name in PAID_COMMANDS and feature_function(call.name) is not None:
         # Taken before the call, also in dry run (the model still runs there): spend is what is limited.
@@ -437,8 +440,8 @@ async def run_commands(ctx: Context, issue: dict[str, Any], commands: list[Comma
         results[id(call.command)] = await _run_call(ctx, call, number, actor, is_write)
     late = [(call.command, results[id(call.command)]) for call in outcome.calls if results[id(call.command)].reply]
     if late:
-        _add_refusals(outcome.plan, number, actor, comment_id,
-                      [_refusal_line(command, result.reply or "") for command, result in late],
+        _add_refusals(outcome, number, actor, comment_id,
+                      [refusal_line(command, result.reply or "") for command, result in late],
                       help_text(config, features, login))
         ran = sum(1 for verdict in outcome.verdicts
                   if verdict.allowed and (id(verdict.command) not in results or results[id(verdict.command)].ok))
@@ -516,41 +519,16 @@ async def _assignable(ctx: Context, commands: Iterable[Command], actor: str, per
     return {login for login, ok in checked.items() if ok}
 
 
-def _refusal_line(command: Command, reply: str) -> str:
-    separator = "" if reply.startswith(":") else " "
-    return f"{_quote(command.line)}{separator}{reply}"
-
-
-def _add_refusals(plan: Plan, number: int, actor: str, comment_id: int | None, lines: list[str],
-                  help_block: str) -> None:
+def _add_refusals(outcome: CommandOutcome, number: int, actor: str, comment_id: int | None,
+                  lines: list[render.Safe], help_block: render.Safe) -> None:
     """Fold refusals found while running feature calls into the core's ONE reply, in its format."""
-    mention = f"@{actor}"
+    plan = outcome.plan
     reply_marker = marker("reply", comment_id if comment_id is not None else f"issue-{number}")
     index = next((i for i, action in enumerate(plan.actions)
-                  if isinstance(action, Comment) and action.marker == reply_marker
-                  and action.body.startswith(mention + " ")),
-                 None)
-    refusals: list[str] = []
-    with_help = False
-    if index is not None:
-        body = plan.actions[index].body
-        if body.endswith(help_block):
-            with_help = True
-            body = body[: -len(help_block)].rstrip("\n")
-        head = body[len(mention) + 1:]
-        listed = "these commands were not run:\n\n"
-        if head.startswith(listed):
-            refusals = [line[2:] for line in head[len(listed):].split("\n") if line.startswith("- ")]
-        elif head != "here is what I can do in this repository:":
-            refusals = [head[:-1] if head.endswith(".") else head]
-    refusals += lines
-    if len(refusals) == 1:
-        text = f"{mention} {refusals[0]}."
-    else:
-        text = f"{mention} these commands were not run:\n\n" + "\n".join(f"- {line}" for line in refusals)
-    if with_help:
-        text += "\n\n" + help_block
-    reply = Comment(number, text, marker=reply_marker)
+                  if isinstance(action, Comment) and action.marker == reply_marker), None)
+    outcome.refusals.extend(lines)
+    reply = Comment(number, reply_body(actor, outcome.refusals, help_block if outcome.want_help else None),
+                    marker=reply_marker)
     if index is not None:
         plan.actions[index] = reply
         return

@@ -35,6 +35,7 @@ from gidgethub.routing import Router
 
 from bot.actions import apply, find_marked_issue
 from bot.core import digest as core
+from bot.core import render
 from bot.core.lifecycle import next_needs_info_step
 from bot.core.plan import Close, Comment, CreateIssue, CreateLabel, Plan, marker
 from bot.db import has_flag, kv_get, kv_set
@@ -51,7 +52,7 @@ WAITING_ON_AUTHORS_MAX = 50
 READ_CONCURRENCY = 4  # GitHub asks for mostly serial requests; a few reads at once are tolerated
 LABEL_COLOR = "0e8a16"
 LABEL_DESCRIPTION = "Weekly digest of the issue tracker (first-responder)"
-NEXT_DIGEST_MESSAGE = "The digest for the following week is out: #{number}. Closing this one."
+NEXT_DIGEST_MESSAGE = "The digest for the following week is out: {ref}. Closing this one."
 # author_association values that prove a user has no write access (never contributed anywhere).
 NO_WRITE_ASSOCIATIONS = frozenset({"FIRST_TIMER", "FIRST_TIME_CONTRIBUTOR", "MANNEQUIN"})
 _LOCKS: dict[tuple[str, int], asyncio.Lock] = {}
@@ -632,7 +633,7 @@ async def _close_previous(ctx, week: str, number: int, digest_label: str) -> int
     if previous is None or int(previous["number"]) == number or previous.get("state") != "open":
         return None
     plan = Plan(reason=f"digest {week} replaces {previous_week}")
-    plan.add(Comment(int(previous["number"]), NEXT_DIGEST_MESSAGE.format(number=number),
+    plan.add(Comment(int(previous["number"]), render.fmt(NEXT_DIGEST_MESSAGE, ref=render.issue_ref(number)),
                      marker=marker("digest-next", previous_week)))
     plan.add(Close(int(previous["number"]), "completed"))
     await apply(plan, ctx)

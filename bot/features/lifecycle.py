@@ -36,6 +36,7 @@ from bot.actions import apply
 from bot.config import RepoConfig, Settings
 from bot.context import Context
 from bot.core import lifecycle as core
+from bot.core import render
 from bot.core.plan import AddLabels, Close, Comment, CreateLabel, Plan, RemoveLabel, Reopen, marker
 from bot.db import has_flag, kv_get, kv_set
 
@@ -43,12 +44,17 @@ log = logging.getLogger(__name__)
 router = Router()
 
 REQUEST_MARKER = "needs-info-request"
-REQUEST_MESSAGE = (
-    "@{author} thanks for the report. To look into it we need a little more information:\n\n"
+REQUEST_MESSAGE = (  # a render.fmt template: {what} is the maintainer's text, escaped
+    "{author} thanks for the report. To look into it we need a little more information:\n\n"
     "{what}\n\n"
-    "Please reply here (or edit the issue) with it; the `{label}` label comes off as soon as you do. "
+    "Please reply here (or edit the issue) with it; the {label} label comes off as soon as you do. "
     "Without a reply, a reminder follows in {ping_after_days} days and the issue is closed as not planned "
     "{close_after_days} days after that; replying afterwards reopens it."
+)
+REQUEST_MESSAGE_NO_LABEL = (
+    "{author} thanks for the report. To look into it we need a little more information:\n\n"
+    "{what}\n\n"
+    "Please reply here with it."
 )
 NEEDS_INFO_LABEL_COLOR = "d876e3"
 NEEDS_INFO_LABEL_DESCRIPTION = "Waiting for information from the issue's author"
@@ -160,6 +166,16 @@ async def on_issue_labeled(event, gh, ctx):
 
 
 # -------------------------------------------------------------------------- for other features
+def request_message(author: str, what: str, label: str, settings: dict[str, Any]) -> render.Safe:
+    """The needs-info question: mentions the author only; ``what`` (the maintainer's words) and the
+    label are rendered as inert text and code (``settings`` is the ``needs_info`` config section)."""
+    what = what.strip() or "the details asked for above (version, steps to reproduce, what you expected)"
+    template = REQUEST_MESSAGE if settings.get("enabled", True) else REQUEST_MESSAGE_NO_LABEL
+    return render.fmt(template, author=render.mention(author), what=render.text(what, multiline=True, max_length=2000),
+                      label=render.code(label), ping_after_days=int(settings.get("ping_after_days", 7)),
+                      close_after_days=int(settings.get("close_after_days", 7)))
+
+
 async def start_needs_info(ctx: Context, issue_number: int, what: str, actor: str) -> list[dict[str, Any]]:
     """Ask the author of ``issue_number`` for ``what`` and start the needs-info waiting period.
 
@@ -172,16 +188,11 @@ async def start_needs_info(ctx: Context, issue_number: int, what: str, actor: st
     label = settings["label"]
     issue = await ctx.gh.getitem(ctx.url(f"/issues/{issue_number}"))
     author = (issue.get("user") or {}).get("login") or ""
-    what = what.strip() or "the details asked for above (version, steps to reproduce, what you expected)"
-    body = REQUEST_MESSAGE.format(author=author, what=what, label=label,
-                                  ping_after_days=settings["ping_after_days"],
-                                  close_after_days=settings["close_after_days"])
+    body = request_message(author, what, label, settings)
     plan = Plan(reason=f"needs-info requested by {actor}", data={"lifecycle": "start"})
     if settings["enabled"]:
         plan.add(CreateLabel(label, NEEDS_INFO_LABEL_COLOR, NEEDS_INFO_LABEL_DESCRIPTION))
         plan.add(AddLabels(issue_number, (label,)))
-    else:
-        body = body.split("\n\nPlease reply here")[0] + "\n\nPlease reply here with it."
     plan.add(Comment(issue_number, body, marker=marker(REQUEST_MARKER, ctx.delivery_id)))
     log.info("needs-info started by %s", actor, extra={"delivery": ctx.delivery_id, "repo": ctx.repo,
                                                         "issue": issue_number})

@@ -16,8 +16,8 @@ from typing import Any
 from gidgethub.routing import Router
 
 from bot.actions import apply, repo_labels
+from bot.core import render
 from bot.core.plan import AddLabels, Comment, CreateLabel, marker
-from bot.core.sanitize import sanitize
 from bot.core.triage import decide
 from bot.db import has_flag, kv_get, kv_set
 from bot.features import shadow
@@ -177,18 +177,24 @@ async def summarize(ctx, issue_number: int) -> str:
               "user": issue.get("user") or {}}
     prediction = await predict(ctx, thread, summary="model")  # asked for explicitly: the model writes it
     summary = (prediction.summary if prediction is not None else "").strip()
-    if not summary:
-        text = "I could not summarise this thread with confidence, so I won't guess."
-    else:
-        text = f"**Summary of this thread so far** ({len(parts) - 1} comments): {summary}\n\n" \
-               f"_Automated summary by the local model; it can be wrong._"
-    author = (issue.get("user") or {}).get("login", "")
-    body = sanitize(text, author=author, repo=ctx.repo)
+    body = summary_body(summary, len(parts) - 1)
     await apply_plan_comment(ctx, issue_number, body, SUMMARY_MARKER)
     return summary
 
 
-async def apply_plan_comment(ctx, issue_number: int, body: str, comment_marker: str) -> None:
+SUMMARY_TEMPLATE = ("**Summary of this thread so far** ({comments} comments): {summary}\n\n"
+                    "_Automated summary by the local model; it can be wrong._")
+NO_SUMMARY = "I could not summarise this thread with confidence, so I won't guess."
+
+
+def summary_body(summary: str, comments: int) -> render.Safe:
+    """The ``/summarize`` comment: the model's text as escaped plain text (it mentions nobody)."""
+    if not summary.strip():
+        return render.fmt(NO_SUMMARY)
+    return render.fmt(SUMMARY_TEMPLATE, comments=int(comments), summary=render.line(summary, 1500))
+
+
+async def apply_plan_comment(ctx, issue_number: int, body: render.Safe, comment_marker: str) -> None:
     from bot.core.plan import Plan
 
     await apply(Plan([Comment(issue_number, body, marker=comment_marker)]), ctx)
