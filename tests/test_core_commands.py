@@ -288,7 +288,7 @@ def test_reopen_by_author_only_when_bot_closed():
     assert allowed.plan.actions[0] == Reopen(42)
     refused = run("/reopen", actor="alice", permission="read", issue=closed, bot_closed=False)
     assert not any(isinstance(action, Reopen) for action in refused.plan.actions)
-    assert "needs write access (the author may reopen an issue the bot closed)" in comments(refused)[0].body
+    assert "needs write access (the author may reopen an issue the bot closed on its own)" in comments(refused)[0].body
 
 
 def test_duplicate_comments_labels_and_closes_as_duplicate():

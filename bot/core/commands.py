@@ -449,7 +449,7 @@ def help_text(config: dict[str, Any], enabled_features: Collection[str], bot_log
             labels = render.join(", ", [render.code(label, table=True) for label in open_labels])
             text = render.fmt("{text}; anyone for {labels}", text=text, labels=labels)
         if name == "reopen" and who == WRITE:
-            text = render.fmt("{text}, or the author when the bot closed it", text=text)
+            text = render.fmt("{text}, or the author when the bot closed it on its own (needs-info, stale)", text=text)
         if name in ("assign", "unassign") and who != ANYONE and config.get("self_assign", True):
             text = render.fmt("{text}; anyone may " + name + " themselves", text=text)
         rows.append(render.fmt("| {usage} | " + spec.does + " | {text} |", usage=render.code(spec.usage, table=True),
@@ -569,7 +569,7 @@ def decide(
             if not (allowed_by_role or (is_author and bot_closed)):
                 why = _needs(who)
                 if who == WRITE:
-                    why += " (the author may reopen an issue the bot closed)"
+                    why += " (the author may reopen an issue the bot closed on its own)"
                 verdict(command, False, why, why)
             elif state.open:
                 verdict(command, True, "already open")
