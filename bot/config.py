@@ -13,9 +13,13 @@ warning shows more than ``SHOWN_CHARS`` characters of any value the file contain
 """
 from __future__ import annotations
 
+import asyncio
+import base64
+import binascii
 import copy
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Callable
 from zoneinfo import ZoneInfo
@@ -509,6 +513,52 @@ def parse_repo_config(text: str | bytes | None) -> RepoConfig:
     except Exception as exc:  # noqa: BLE001 - a bug in validation must not park the repository's deliveries
         return RepoConfig(warnings=[f"{CONFIG_PATH}: cannot be validated ({type(exc).__name__}); using defaults"])
     return RepoConfig(values=values, warnings=_bounded(warnings))
+
+
+def config_from_contents(contents: Any) -> RepoConfig:
+    """The config from the contents API's answer for ``CONFIG_PATH`` (``None``: no file).
+
+    The size GitHub reports is checked before anything is decoded, and bytes that are not UTF-8 are
+    refused rather than replaced (a file of binary garbage is one warning, not a page of mojibake).
+    """
+    if contents is None:
+        return RepoConfig()
+    if not isinstance(contents, dict) or contents.get("type", "file") != "file":
+        return RepoConfig(warnings=[f"{CONFIG_PATH}: is not a file; using defaults"])
+    size = contents.get("size")
+    if isinstance(size, int) and size > MAX_CONFIG_BYTES:
+        return RepoConfig(warnings=[f"{CONFIG_PATH}: {size} bytes, over the {MAX_CONFIG_BYTES // 1024} KB limit; "
+                                    "using defaults"])
+    encoded = contents.get("content") or ""
+    if not isinstance(encoded, str) or len(encoded) > 2 * MAX_CONFIG_BYTES:
+        return RepoConfig(warnings=[f"{CONFIG_PATH}: over the {MAX_CONFIG_BYTES // 1024} KB limit; using defaults"])
+    try:
+        data = base64.b64decode(encoded)
+    except (binascii.Error, ValueError):
+        return RepoConfig(warnings=[f"{CONFIG_PATH}: GitHub sent content that is not base64; using defaults"])
+    return parse_repo_config(data)
+
+
+# Parsing runs here, not on the event loop: two threads of its own, so a slow parse can neither block the
+# server nor wait behind (or hold up) other work sent to the loop's default executor.
+_PARSER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="repo-config")
+
+
+async def read_repo_config(contents: Any, *, timeout: float | None = None) -> RepoConfig:
+    """``config_from_contents`` in a worker thread, bounded by ``timeout`` (``CONFIG_PARSE_TIMEOUT``).
+
+    Past the bound (or on any error) the repository gets the defaults and one warning; its deliveries
+    are never failed by its config file.
+    """
+    loop = asyncio.get_running_loop()
+    future = loop.run_in_executor(_PARSER, config_from_contents, contents)
+    try:
+        return await asyncio.wait_for(future, CONFIG_PARSE_TIMEOUT if timeout is None else timeout)
+    except asyncio.TimeoutError:
+        return RepoConfig(warnings=[f"{CONFIG_PATH}: took over {CONFIG_PARSE_TIMEOUT if timeout is None else timeout:g} s "
+                                    "to read; using defaults"])
+    except Exception as exc:  # noqa: BLE001 - config_from_contents should not raise; never stop the repo anyway
+        return RepoConfig(warnings=[f"{CONFIG_PATH}: cannot be read ({type(exc).__name__}); using defaults"])
 
 
 # ------------------------------------------------------------------------------------ environment
