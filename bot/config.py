@@ -613,7 +613,7 @@ def _float_env(env: dict[str, str], name: str, default: float, *, minimum: float
     return value
 
 
-def _choice_env(env: dict[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+def choice_env(env: dict[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
     """``name`` as one of ``choices`` (case-insensitive, returned as spelled in ``choices``)."""
     raw = _raw_env(env, name)
     if not raw:
@@ -709,7 +709,7 @@ class Settings:
             host=env.get("HOST") or "0.0.0.0",
             port=_int_env(env, "PORT", 8080, minimum=1, maximum=65535),
             dry_run=_bool_env(env, "DRY_RUN"),
-            log_level=_choice_env(env, "LOG_LEVEL", "INFO", LOG_LEVELS),
+            log_level=choice_env(env, "LOG_LEVEL", "INFO", LOG_LEVELS),
             app_slug=env.get("GITHUB_APP_SLUG") or "first-responder",
             openai_base_url=env.get("OPENAI_BASE_URL") or None,
             openai_api_key=env.get("OPENAI_API_KEY") or None,
