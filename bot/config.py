@@ -168,7 +168,7 @@ class _Section(BaseModel):
 class Candidate(_Section):
     mode: Annotated[str, BeforeValidator(_one_of(CANDIDATE_MODES))] = "off"
     threshold: Probability | None = None
-    model_path: Annotated[str, Field(max_length=4096)] = ""
+    model_path: Annotated[str, Field(max_length=1024)] = ""
 
 
 DEFAULT_KIND_LABELS = {"bug": "bug", "feature": "enhancement", "question": "question", "docs": "documentation",
