@@ -1,4 +1,5 @@
-"""Command line: `python -m bot <command>`. Each command lives with its feature; this file only routes."""
+"""Command line: `python -m bot <command>`. Each command lives with its feature; this file only routes,
+and turns whatever a command could not handle into one line on stderr and a non-zero exit status."""
 from __future__ import annotations
 
 import argparse
@@ -6,8 +7,12 @@ import asyncio
 import importlib
 import json
 import logging
+import os
 import sys
 from datetime import datetime, timezone
+
+from bot.cli import ArgumentParser, first_line
+from bot.config import show
 
 # command -> (module, function, one-line help). Functions take argv (list[str]) and return an exit code.
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -45,10 +50,11 @@ def serve_main(argv: list[str]) -> int:
     from aiohttp import web
 
     from bot.app import Services, create_app
-    from bot.config import ConfigError, Settings
+    from bot.config import ConfigError, Settings, check_database_path
 
     try:
         settings = Settings.from_env()
+        check_database_path(settings.database_path)
     except ConfigError as exc:
         print(f"first-responder: cannot start: {exc}", file=sys.stderr)
         return 2
@@ -58,15 +64,25 @@ def serve_main(argv: list[str]) -> int:
     services = Services(settings, db=open_db(settings.database_path, background_checkpoints=True))
     logging.getLogger("bot").info("serving on %s:%s (dry run: %s)", settings.host, settings.port, settings.dry_run)
     access_log = logging.getLogger("aiohttp.access") if settings.log_level == "DEBUG" else None
-    web.run_app(create_app(services), host=settings.host, port=settings.port, print=None, access_log=access_log)
+    try:
+        web.run_app(create_app(services), host=settings.host, port=settings.port, print=None, access_log=access_log)
+    except OSError as exc:  # the port is taken, or HOST is not an address of this machine
+        print(f"first-responder: cannot listen on {settings.host}:{settings.port}: "
+              f"{exc.strerror or first_line(exc)}", file=sys.stderr)
+        return 1
     return 0
 
 
 def _db():
-    from bot.config import Settings
-    from bot.db import open_db
+    """The database at DATABASE_PATH for the read-mostly commands; CliError naming the path if unusable."""
+    from bot.cli import CliError, open_database
+    from bot.config import ConfigError, Settings
 
-    return open_db(Settings.from_env(require_app=False).database_path)
+    try:
+        settings = Settings.from_env(require_app=False)
+    except ConfigError as exc:
+        raise CliError(str(exc), 2) from None
+    return open_database(settings.database_path, command="python -m bot")
 
 
 def _table(rows: list[dict], columns: list[str]) -> str:
@@ -79,7 +95,7 @@ def _table(rows: list[dict], columns: list[str]) -> str:
 def queue_main(argv: list[str]) -> int:
     from bot import queue
 
-    parser = argparse.ArgumentParser(prog="python -m bot queue")
+    parser = ArgumentParser(prog="python -m bot queue")
     parser.add_argument("verb", nargs="?", choices=["list", "retry"], default="list")
     parser.add_argument("delivery", nargs="?")
     args = parser.parse_args(argv)
@@ -112,7 +128,7 @@ def parse_since(parser: argparse.ArgumentParser, value: str | None) -> float | N
 
 
 def audit_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bot audit")
+    parser = ArgumentParser(prog="python -m bot audit")
     parser.add_argument("--repo")
     parser.add_argument("--since", help="YYYY-MM-DD (UTC)")
     parser.add_argument("--json", action="store_true")
@@ -136,9 +152,16 @@ def audit_main(argv: list[str]) -> int:
     return 0
 
 
+EVALS = ("triage", "duplicates", "replay")  # modules of bot/eval/, each with main(argv) -> int
+
+
 def eval_main(argv: list[str]) -> int:
     if not argv or argv[0].startswith("-"):
-        print("usage: python -m bot eval {triage,duplicates,replay} [options]", file=sys.stderr)
+        print(f"usage: python -m bot eval {{{','.join(EVALS)}}} [options]", file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    if argv[0] not in EVALS:
+        print(f"python -m bot eval: unknown evaluation {show(argv[0])}; choose from {', '.join(EVALS)}",
+              file=sys.stderr)
         return 2
     module = importlib.import_module(f"bot.eval.{argv[0]}")
     return module.main(argv[1:])
@@ -153,18 +176,51 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"unknown command {name!r}; try `python -m bot --help`", file=sys.stderr)
+        print(f"unknown command {show(name)}; try `python -m bot --help`", file=sys.stderr)
         return 2
-    if name != "serve":
-        import os
+    import os
 
-        setup_logging(os.environ.get("LOG_LEVEL", "WARNING"))
+    from bot.config import LOG_LEVELS, ConfigError, choice_env
+
+    try:
+        # serve sets its own level (default INFO) once the settings are read; the others are quiet by default
+        setup_logging(choice_env(os.environ, "LOG_LEVEL", "INFO" if name == "serve" else "WARNING", LOG_LEVELS))
+    except ConfigError as exc:
+        print(f"python -m bot {name}: {exc}", file=sys.stderr)
+        return 2
+    return _guarded(name, rest)
+
+
+def _guarded(name: str, rest: list[str]) -> int:
+    """Run one command; whatever it did not handle becomes one line on stderr and a non-zero status."""
+    from bot.cli import CliError
+    from bot.config import ConfigError
+
     module_name, func, _text = COMMANDS[name]
-    module = importlib.import_module(module_name)
-    result = getattr(module, func)(rest)
-    if asyncio.iscoroutine(result):
-        result = asyncio.run(result)
-    return int(result or 0)
+    try:
+        module = importlib.import_module(module_name)
+        result = getattr(module, func)(rest)
+        if asyncio.iscoroutine(result):
+            result = asyncio.run(result)
+        return int(result or 0)
+    except CliError as exc:
+        print(exc.message, file=sys.stderr)
+        return exc.status
+    except ConfigError as exc:
+        print(f"python -m bot {name}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"python -m bot {name}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `python -m bot audit | head`: the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except Exception as exc:  # noqa: BLE001 - the last guard: one line for the operator, the traceback at DEBUG
+        log = logging.getLogger("bot")
+        log.error("python -m bot %s failed: %s (LOG_LEVEL=DEBUG shows the traceback)", name, first_line(exc))
+        log.debug("traceback of the failure", exc_info=True)
+        return 1
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ constant time, parse, store the delivery durably, answer. Everything else happen
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import hmac
 import inspect
@@ -24,7 +23,7 @@ import gidgethub.sansio
 from aiohttp import web
 
 from bot import queue
-from bot.config import CONFIG_PATH, RepoConfig, Settings, parse_repo_config
+from bot.config import CONFIG_PATH, RepoConfig, Settings, read_repo_config
 from bot.context import Context
 from bot.db import DbThread, open_db
 from bot.features import load_routers
@@ -114,20 +113,24 @@ class Services:
         self.spawn(on_repo_added(self, repo, installation_id))
 
     async def repo_config(self, gh, repo: str) -> RepoConfig:
+        """The repository's validated config, cached for five minutes.
+
+        The file is hostile input: it is parsed in a thread with a time bound (``read_repo_config``), and
+        a file that cannot be used gives the defaults and one warning, never a failed delivery. The
+        warnings are bounded (at most 60 characters of any value from the file) and logged as one line.
+        """
         cached = self.config_cache.get(repo)
         if cached is not None:
             return cached
-        text = None
+        contents = None
         try:
-            data = await gh.getitem(f"/repos/{repo}/contents/{CONFIG_PATH}")
-            if isinstance(data, dict) and data.get("content"):
-                text = base64.b64decode(data["content"]).decode("utf-8", errors="replace")
+            contents = await gh.getitem(f"/repos/{repo}/contents/{CONFIG_PATH}")
         except gidgethub.BadRequest as exc:
             if exc.status_code != 404:
                 raise
-        config = parse_repo_config(text)
-        for warning in config.warnings:
-            log.warning("config %s: %s", repo, warning)
+        config = await read_repo_config(contents)
+        if config.warnings:
+            log.warning("config %s: %s", repo, "; ".join(config.warnings), extra={"repo": repo})
         self.config_warnings[repo] = config.warnings
         self.config_cache[repo] = config
         return config

@@ -3,7 +3,6 @@ GitHub account and no network. Each sample issue goes through the same cascade a
 decision the server uses; the output is what the bot would do and say."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -68,8 +67,11 @@ def triage_one(cascade, issue: dict[str, Any], config: dict[str, Any] | None = N
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bot demo")
-    parser.add_argument("--file", default=str(SAMPLES), help="a JSON list of issues (title, body, user)")
+    from bot.cli import ArgumentParser, existing_file
+
+    parser = ArgumentParser(prog="python -m bot demo")
+    parser.add_argument("--file", default=str(SAMPLES), type=existing_file,
+                        help="a JSON list of issues (title, body, user)")
     parser.add_argument("--json", action="store_true", help="print the decisions as JSON")
     args = parser.parse_args(argv)
     issues = json.loads(Path(args.file).read_text())
@@ -107,7 +109,9 @@ def main(argv: list[str]) -> int:
 
 def triage_main(argv: list[str]) -> int:
     """`python -m bot triage --title ... --body ...` or `--file issue.json`: one decision as JSON."""
-    parser = argparse.ArgumentParser(prog="python -m bot triage")
+    from bot.cli import ArgumentParser
+
+    parser = ArgumentParser(prog="python -m bot triage")
     parser.add_argument("--title")
     parser.add_argument("--body", default="")
     parser.add_argument("--file", help="a JSON issue object (title, body, user)")

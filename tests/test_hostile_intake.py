@@ -92,7 +92,8 @@ async def test_public_health_names_no_repository_and_details_need_the_token(bot,
     assert status == 200 and REPO not in text and "Bearer <HEALTH_TOKEN>" in json.loads(text)["details"]
     status, text, _ = await get(bot, "/health", token=HEALTH_TOKEN)
     details = json.loads(text)
-    assert status == 200 and "triage.treshold: unknown key, ignored" in details["config_warnings"][REPO]
+    assert status == 200 and any(warning.startswith("triage.treshold: unknown key, ignored")
+                                 for warning in details["config_warnings"][REPO])
     assert details["queue_depth"] == 0 and details["problems"] == []
     status, text, _ = await get(bot, "/health/live")
     assert status == 200 and json.loads(text) == {"ok": True}

@@ -8,7 +8,6 @@ comment threshold; the false-alarm rate on issues without a known duplicate; que
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -171,8 +170,10 @@ def cross_validate(per_query: dict, strict: list[tuple[int, int]], extra: list[t
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bot eval duplicates", description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, type=Path)
+    from bot.cli import ArgumentParser, existing_dir
+
+    parser = ArgumentParser(prog="python -m bot eval duplicates", description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, type=lambda value: Path(existing_dir(value)))
     parser.add_argument("--embedder", default="auto", help="auto | minilm | wordllama | smollm2 | none")
     parser.add_argument("--vectors-cache", default=None, help="npz file to reuse pool embeddings between runs")
     parser.add_argument("--negatives", type=int, default=500, help="issues without a known duplicate to check for false alarms")

@@ -304,8 +304,10 @@ def write_results(path: Path, text: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bot eval replay", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", action="append", required=True,
+    from bot.cli import ArgumentParser, existing_file
+
+    parser = ArgumentParser(prog="python -m bot eval replay", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", action="append", required=True, type=existing_file,
                         help="JSONL of issues (hf-datasets-issues or NLBSE format); repeat for several")
     parser.add_argument("--delay-days", type=float, default=14.0, help="maintainer label arrives after (default 14)")
     parser.add_argument("--delay-issues", type=int, help="...or after this many later issues")

@@ -11,7 +11,6 @@ repo. Writes a table and a PNG (accuracy vs coverage) and prints everything as M
 """
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import resource
@@ -27,8 +26,22 @@ THRESHOLDS = [round(0.40 + 0.05 * i, 2) for i in range(11)] + [0.92, 0.94, 0.96,
 
 
 def _load(path: str) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    """The JSONL rows; a line that is not a JSON object is a CliError naming the file and line."""
+    from bot.cli import CliError
+
+    rows = []
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                row = None
+            if not isinstance(row, dict):
+                raise CliError(f"eval triage: {path} line {number}: expected a JSON object per line", 2)
+            rows.append(row)
+    return rows
 
 
 def macro_f1(gold: Sequence[str], pred: Sequence[str], labels: Sequence[str] = EVAL_KINDS) -> float:
@@ -215,8 +228,11 @@ def plot(curves: dict[str, list[tuple[float, float, float]]], path: str, target:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bot eval triage", description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="JSONL with repo, title, body, label (bug/feature/question)")
+    from bot.cli import ArgumentParser, existing_file
+
+    parser = ArgumentParser(prog="python -m bot eval triage", description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, type=existing_file,
+                        help="JSONL with repo, title, body, label (bug/feature/question)")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--llm-per-repo", type=int, default=60,

@@ -15,7 +15,6 @@ read again. Every GET goes through the client's ETag cache, so unchanged pages c
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import inspect
 import json
@@ -668,16 +667,15 @@ async def scheduled_digest(services, repo: str, installation_id: int, *, now: da
 async def digest_main(argv: list[str]) -> int:
     """`python -m bot digest OWNER/NAME [--week YYYY-Www] [--dry-run]`."""
     from bot.app import Services
+    from bot.cli import ArgumentParser, repo_context, repo_name
     from bot.config import cli_settings
 
-    parser = argparse.ArgumentParser(prog="python -m bot digest",
-                                     description="Print (--dry-run) or post the weekly digest of a repository.")
-    parser.add_argument("repo", help="OWNER/NAME")
+    parser = ArgumentParser(prog="python -m bot digest",
+                            description="Print (--dry-run) or post the weekly digest of a repository.")
+    parser.add_argument("repo", type=repo_name, help="OWNER/NAME")
     parser.add_argument("--week", help="ISO week like 2024-W10 (default: the latest finished week)")
     parser.add_argument("--dry-run", action="store_true", help="print the markdown; write nothing to GitHub")
     args = parser.parse_args(argv)
-    if "/" not in args.repo:
-        parser.error("repo must look like OWNER/NAME")
     if args.week:
         try:
             core.week_bounds(args.week)
@@ -688,7 +686,7 @@ async def digest_main(argv: list[str]) -> int:
         return 2
     services = Services(settings)
     try:
-        ctx = await services.cli_context(args.repo, "cli-digest")
+        ctx = await repo_context(services, args.repo, "cli-digest", command="digest")
         if args.dry_run:
             _title, markdown, _label = await build_digest(ctx, args.week)
             print(markdown)

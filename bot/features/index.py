@@ -7,7 +7,6 @@ for what changed (``since=``).
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import sys
@@ -110,10 +109,11 @@ def _bar(done: int, total: int | None, rate: float) -> None:
 async def backfill_main(argv: list[str]) -> int:
     """`python -m bot backfill OWNER/NAME [--full]`."""
     from bot.app import Services
+    from bot.cli import ArgumentParser, repo_context, repo_name
     from bot.config import cli_settings
 
-    parser = argparse.ArgumentParser(prog="python -m bot backfill")
-    parser.add_argument("repo", help="OWNER/NAME")
+    parser = ArgumentParser(prog="python -m bot backfill")
+    parser.add_argument("repo", type=repo_name, help="OWNER/NAME")
     parser.add_argument("--full", action="store_true", help="start over instead of fetching only what changed")
     args = parser.parse_args(argv)
     settings = cli_settings("backfill")
@@ -121,9 +121,9 @@ async def backfill_main(argv: list[str]) -> int:
         return 2
     services = Services(settings)
     try:
-        ctx = await services.cli_context(args.repo, "cli-backfill")
-        result = await backfill(ctx.gh, services.db, args.repo, progress=_bar, full=args.full)
-        trained = await train_from_history(services.db, args.repo, ctx.config.section("triage"))
+        ctx = await repo_context(services, args.repo, "cli-backfill", command="backfill")
+        result = await backfill(ctx.gh, services.db, ctx.repo, progress=_bar, full=args.full)
+        trained = await train_from_history(services.db, ctx.repo, ctx.config.section("triage"))
     finally:
         await services.close()
     sys.stderr.write("\n")

@@ -21,7 +21,6 @@ the event loop, the fit runs in a worker thread (``asyncio.to_thread``), and the
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hashlib
 import json
@@ -445,31 +444,55 @@ def export_rows(db: Any, repo: str, *, history: bool = False) -> list[dict[str, 
             for e in examples]
 
 
+def recorded_repo(db: Any, repo: str) -> str | None:
+    """``repo`` as this database spells it, if the database knows it at all (installed, indexed, or with
+    recorded examples); None for a repository it has never seen (a typo, or another database)."""
+    tables = set(db.table_names())
+    for table in ("installations", "training_examples", "issues"):
+        if table in tables:
+            row = db.execute(f"SELECT repo FROM {table} WHERE lower(repo) = lower(?) LIMIT 1", [repo]).fetchone()
+            if row:
+                return row[0]
+    return None
+
+
 def export_main(argv: list[str]) -> int:
     """``python -m bot export-training OWNER/NAME [--out FILE] [--history]``: JSONL for fine-tuning elsewhere."""
-    parser = argparse.ArgumentParser(prog="python -m bot export-training")
-    parser.add_argument("repo", help="OWNER/NAME")
+    from bot.cli import ArgumentParser, CliError, open_database, repo_name
+    from bot.config import ConfigError, Settings
+
+    parser = ArgumentParser(prog="python -m bot export-training")
+    parser.add_argument("repo", type=repo_name, help="OWNER/NAME")
     parser.add_argument("--out", help="file to write (default: stdout)")
     parser.add_argument("--history", action="store_true",
                         help="also the repo's labelled history from the index (source 'history')")
     parser.add_argument("--db", help="database path (default: DATABASE_PATH)")
     args = parser.parse_args(argv)
     if args.db:
-        from bot.db import open_db
-
-        db = open_db(args.db)
+        path, variable = args.db, "--db"
     else:
-        from bot.__main__ import _db
-
-        db = _db()
-    rows = export_rows(db, args.repo, history=args.history)
+        try:
+            path, variable = Settings.from_env(require_app=False).database_path, "DATABASE_PATH"
+        except ConfigError as exc:
+            raise CliError(f"export-training: {exc}", 2) from None
+    db = open_database(path, command="export-training", variable=variable, must_exist=True)
+    repo = recorded_repo(db, args.repo)
+    if repo is None:
+        raise CliError(f"export-training: unknown repository {args.repo}: nothing is recorded for it in {path} "
+                       "(the App was never installed there, or this is another database)")
+    rows = export_rows(db, repo, history=args.history)
     text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        try:
+            with open(args.out, "w", encoding="utf-8") as handle:
+                handle.write(text)
+        except OSError as exc:
+            raise CliError(f"export-training: cannot write {args.out}: {exc.strerror or type(exc).__name__}") from None
         print(f"wrote {len(rows)} examples to {args.out}", file=sys.stderr)
     else:
         sys.stdout.write(text)
+        if not rows:
+            print(f"export-training: no examples recorded for {repo} yet", file=sys.stderr)
     return 0
 
 

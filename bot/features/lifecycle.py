@@ -16,7 +16,6 @@ Other features start and stop needs-info with ``start_needs_info`` and ``stop_ne
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -625,11 +624,12 @@ async def sweep_main(argv: list[str]) -> int:
     """``python -m bot sweep [OWNER/NAME] [--dry-run]``: sweep one or every installed repository and
     print what was done (or, with ``--dry-run``, what would be)."""
     from bot.app import Services
+    from bot.cli import ArgumentParser, repo_name
     from bot.config import cli_settings
 
-    parser = argparse.ArgumentParser(prog="python -m bot sweep",
-                                     description="Run the needs-info/stale sweep now and print what it did.")
-    parser.add_argument("repo", nargs="?", help="OWNER/NAME (default: every installed repository)")
+    parser = ArgumentParser(prog="python -m bot sweep",
+                            description="Run the needs-info/stale sweep now and print what it did.")
+    parser.add_argument("repo", nargs="?", type=repo_name, help="OWNER/NAME (default: every installed repository)")
     parser.add_argument("--dry-run", action="store_true", help="write nothing; print what would be done")
     args = parser.parse_args(argv)
     settings = cli_settings("sweep")

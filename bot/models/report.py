@@ -202,7 +202,9 @@ def render_compare(groups: Sequence[dict[str, Any]], period: str) -> str:
 
 def _arguments(prog: str, **kwargs: Any) -> argparse.ArgumentParser:
     """The options `models` and `models compare` share."""
-    parser = argparse.ArgumentParser(prog=prog, **kwargs)
+    from bot.cli import ArgumentParser
+
+    parser = ArgumentParser(prog=prog, **kwargs)
     parser.add_argument("--since", help="YYYY-MM-DD (UTC)")
     parser.add_argument("--repo", help="OWNER/NAME")
     parser.add_argument("--db", help="database path (default: DATABASE_PATH)")
@@ -212,9 +214,9 @@ def _arguments(prog: str, **kwargs: Any) -> argparse.ArgumentParser:
 
 def _open(path: str | None) -> Any:
     if path:
-        from bot.db import open_db
+        from bot.cli import open_database
 
-        return open_db(path)
+        return open_database(path, command="python -m bot models", variable="--db", must_exist=True)
     from bot.__main__ import _db
 
     return _db()
