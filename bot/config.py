@@ -196,6 +196,20 @@ def _check_candidate(triage: dict[str, Any], warnings: list[str]) -> None:
         triage["canary"] = 0
 
 
+def _positive(env: dict[str, str], name: str, default: float) -> float:
+    """A positive number from the environment, or ConfigError naming the variable."""
+    text = (env.get(name) or "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise ConfigError(f"{name} must be a positive number, got {text[:40]!r}")
+    return value
+
+
 def _flag(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}
 
@@ -223,6 +237,8 @@ class Settings:
     max_attempts: int = 5
     write_spacing: float = 1.0
     schedule: bool = True
+    delivery_retention_days: float = 7.0  # payloads of done deliveries are pruned after this
+    worker_busy_timeout: float = 30.0     # seconds a worker write waits on another writer's lock
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, *, require_app: bool = True) -> "Settings":
@@ -254,6 +270,8 @@ class Settings:
             candidate_model_dir=env.get("CANDIDATE_MODEL_DIR") or None,
             write_spacing=float(env.get("WRITE_SPACING_SECONDS") or 1.0),
             schedule=not _flag(env.get("DISABLE_SCHEDULER")),
+            delivery_retention_days=_positive(env, "DELIVERY_RETENTION_DAYS", 7.0),
+            worker_busy_timeout=_positive(env, "WORKER_BUSY_TIMEOUT_SECONDS", 30.0),
         )
         if require_app:
             settings.check()
@@ -275,6 +293,18 @@ class Settings:
             load_pem_private_key(self.private_key.encode(), password=None)
         except (ValueError, TypeError):
             raise ConfigError("GITHUB_PRIVATE_KEY does not parse as a PEM private key") from None
+        self.check_local_model()
+
+    def check_local_model(self) -> None:
+        """A LOCAL_MODEL_PATH that names no readable file is an operator mistake: say so at start, instead
+        of failing every delivery that needs the model later (the model itself loads lazily)."""
+        path = self.local_model_path
+        if not path:
+            return
+        if not os.path.isfile(path):
+            raise ConfigError(f"LOCAL_MODEL_PATH: no such file: {path}")
+        if not os.access(path, os.R_OK):
+            raise ConfigError(f"LOCAL_MODEL_PATH: not readable: {path}")
 
 
 def cli_settings(command: str) -> "Settings | None":
