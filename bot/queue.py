@@ -244,11 +244,20 @@ def _key(row: dict[str, Any]) -> str:
     return f"delivery:{row['id']}"
 
 
-def _select_ready(conn: sqlite3.Connection, want: int, now: float, busy: list[str]) -> list[dict[str, Any]]:
-    """Up to ``want`` deliveries that may start now; ``busy``: keys with a delivery running here."""
-    installations = [row[0] for row in conn.execute(_INSTALLATIONS)]
-    cursors = [conn.execute(_PENDING_OF.format("= ?"), (installation,)) for installation in installations]
-    cursors.append(conn.execute(_PENDING_OF.format("IS NULL")))
+def _turn_order(installation: int | None) -> tuple[bool, int]:
+    return (installation is None, installation or 0)
+
+
+def _select_ready(conn: sqlite3.Connection, want: int, now: float, busy: list[str],
+                  last_served: int | None = None) -> list[dict[str, Any]]:
+    """Up to ``want`` deliveries that may start now; ``busy``: keys with a delivery running here;
+    ``last_served``: the installation served last, so the turn passes on to the next one."""
+    installations: list[int | None] = [row[0] for row in conn.execute(_INSTALLATIONS)] + [None]
+    turn = _turn_order(last_served)  # None (no installation) sorts last, so the turn then wraps around
+    installations = ([i for i in installations if _turn_order(i) > turn]
+                     + [i for i in installations if _turn_order(i) <= turn])
+    cursors = [conn.execute(_PENDING_OF.format("IS NULL"), ()) if installation is None
+               else conn.execute(_PENDING_OF.format("= ?"), (installation,)) for installation in installations]
     seen = set(busy)  # keys whose head is running or not yet due: the rest of their rows wait
     scanned = [0] * len(cursors)
     active = list(range(len(cursors)))
@@ -353,6 +362,7 @@ class Worker:
         self._running: dict[str, asyncio.Task] = {}  # ordering key -> task
         self._stopping = False
         self._resumed = False
+        self._last_served: int | None = None  # installation served last (turns go round)
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._thread_conn: sqlite3.Connection | None = None
@@ -511,9 +521,10 @@ class Worker:
             # Every slot is busy: the next _finished() wakes us; no query until then.
             await self.wake.wait()
             return None
-        rows = await self._db(_select_ready, free, time.time(), list(self._running))
+        rows = await self._db(_select_ready, free, time.time(), list(self._running), self._last_served)
         rows = [row for row in rows if self._key(row) not in self._running]  # started meanwhile
         if rows:
+            self._last_served = rows[-1]["installation_id"]
             await self._db(_claim, [row["id"] for row in rows])
             for row in rows:
                 key = self._key(row)
