@@ -149,11 +149,12 @@ async def test_one_busy_issue_does_not_starve_another(tmp_path):
         enqueue(db, f"a{i:03d}", "issue_comment", payload(1))
     enqueue(db, "b", "issue_comment", payload(2))
     worker = Worker(db, handler, concurrency=2)
-    worker.start()
+    task = asyncio.create_task(worker.run())
     try:
         await worker.drain(timeout=120)
     finally:
         await worker.stop()
+        task.cancel()
     assert started.index("b") < 3, started[:10]
     assert [x for x in started if x != "b"] == [f"a{i:03d}" for i in range(260)]  # issue order kept
 
@@ -169,11 +170,12 @@ async def test_installations_take_turns(tmp_path):
         enqueue(db, f"busy{i}", "issues", payload(100 + i, repo="big/repo", installation=1))
     enqueue(db, "quiet", "issues", payload(1, repo="small/repo", installation=2))
     worker = Worker(db, handler, concurrency=1)
-    worker.start()
+    task = asyncio.create_task(worker.run())
     try:
         await worker.drain(timeout=60)
     finally:
         await worker.stop()
+        task.cancel()
     assert started.index("quiet") <= 1, started[:5]
     assert len(started) == 31
 
@@ -294,7 +296,7 @@ def test_serve_refuses_a_missing_local_model_path(tmp_path, app_key):
                DATABASE_PATH=str(tmp_path / "bot.db"), PORT="0", HOST="127.0.0.1", LOCAL_MODEL_PATH=str(missing),
                PYTHONPATH=str(ROOT))
     result = subprocess.run([sys.executable, "-m", "bot", "serve"], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=60)
+                            text=True, timeout=60)  # (before the fix: it started serving)
     assert result.returncode != 0
     assert "LOCAL_MODEL_PATH" in result.stderr and str(missing) in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
