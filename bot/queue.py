@@ -329,6 +329,8 @@ def _mark_done_rows(conn: sqlite3.Connection, rows: list[tuple[float, str]]) -> 
         conn.execute("BEGIN IMMEDIATE")
         conn.executemany("UPDATE deliveries SET status = 'done', finished_at = ?, attempts = attempts + 1,"
                          " error = NULL WHERE id = ?", rows)
+        # A done delivery never runs again (redeliveries of its id are ignored): its handler marks can go.
+        conn.executemany("DELETE FROM delivery_handlers WHERE delivery_id = ?", [(i,) for _t, i in rows])
 
 
 def _short(exc: BaseException) -> str:
