@@ -114,9 +114,11 @@ class Services:
         return self._models
 
     def spawn(self, coro) -> asyncio.Task:
+        """Run ``coro`` in the background; if it fails, the failure is logged (not lost with the task)."""
         task = asyncio.create_task(coro)
         self.background.add(task)
         task.add_done_callback(self.background.discard)
+        task.add_done_callback(_log_failure)
         return task
 
     def on_repo_added(self, repo: str, installation_id: int) -> None:
@@ -248,6 +250,13 @@ class Services:
                     await self.worker.record_handler(row["id"], handler)
         if errors:
             raise RuntimeError("; ".join(errors))
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        exc = task.exception()
+        log.error("background task %s failed: %s", task.get_name(), f"{type(exc).__name__}: {exc}"[:300],
+                  exc_info=exc)
 
 
 class ModelUnavailable(RuntimeError):

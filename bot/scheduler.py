@@ -31,7 +31,13 @@ async def _every(services, interval: float, module: str, func: str, jitter: floa
         except ModuleNotFoundError:
             return
         job = getattr(feature, func)
-        for repo, installation_id in _installed(services):
+        try:
+            installed = _installed(services)
+        except Exception:  # noqa: BLE001 - a database error now must not end the schedule for good
+            log.exception("%s.%s: could not list the installed repositories; next try in %.0fs", module, func,
+                          interval)
+            installed = []
+        for repo, installation_id in installed:
             try:
                 await job(services, repo, installation_id)
             except Exception:  # noqa: BLE001 - one repo's failure must not stop the others

@@ -353,3 +353,38 @@ async def test_a_delivery_for_an_uninstalled_installation_is_skipped_at_once(set
     finally:
         await server.session.close()
         await runner.cleanup()
+
+
+# ------------------------------------------------------------------ siblings: other background loops
+
+
+async def test_scheduler_loop_survives_a_database_error(tmp_path, caplog, settings):
+    from types import SimpleNamespace
+
+    from bot import scheduler
+
+    db = open_db(str(tmp_path / "s.db"))
+    db.execute("DROP TABLE installations")  # every listing of installed repositories now fails
+    services = SimpleNamespace(db=db, settings=settings)
+    task = asyncio.create_task(scheduler._every(services, 0.05, "bot.features.lifecycle", "scheduled_sweep", 0))
+    try:
+        await wait_for(lambda: caplog.text.count("could not list the installed repositories") >= 2)
+        assert not task.done()  # (before: the first error ended the loop for good, silently)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_failing_background_task_is_logged(settings, standin, caplog):
+    server, runner = await start_server(settings)
+    try:
+        async def backfill_that_fails():
+            raise RuntimeError("backfill broke")
+
+        task = server.services.spawn(backfill_that_fails())
+        await asyncio.gather(task, return_exceptions=True)
+        await asyncio.sleep(0)
+        assert "background task" in caplog.text and "backfill broke" in caplog.text
+    finally:
+        await server.session.close()
+        await runner.cleanup()
