@@ -227,3 +227,57 @@ async def test_disk_full_gives_clear_errors_and_recovers_when_space_is_back(tmp_
     assert {final[d] for d, _ in deliveries} == {"done"}
     for issue in issues:
         assert len(bot_comments(standin, issue["number"])) == 1
+
+
+# Another process (a backup, a migration, someone's `sqlite3` shell) holds the write lock: first it makes
+# the stored deliveries due, then it keeps the lock for argv[2] seconds.
+LOCKER = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
+conn.execute("UPDATE deliveries SET next_attempt_at = 0")
+conn.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+conn.execute("COMMIT")
+"""
+
+
+async def test_database_locked_by_another_process_the_server_recovers_by_itself(tmp_path, standin, app_key):
+    from bot.db import open_db
+    from bot.queue import enqueue
+
+    db_path = tmp_path / "bot.db"
+    issues = [standin.add_issue(REPO, f"Locked {i}", "Something breaks.", user="bob") for i in range(5)]
+    db = open_db(str(db_path))
+    ids = set()
+    for i, issue in enumerate(issues):  # stored earlier, waiting for a retry an hour from now
+        delivery, payload = refused_close(standin, issue, f"locked-{i}")
+        enqueue(db, delivery, "issue_comment", payload)
+        ids.add(delivery)
+    db.execute("UPDATE deliveries SET next_attempt_at = ?", [9e9])
+    db.conn.close()
+    serve = Serve(tmp_path, standin, app_key, db_path)
+    serve.env["WORKER_BUSY_TIMEOUT_SECONDS"] = "0.5"
+    async with aiohttp.ClientSession() as session:
+        await serve.start(session)
+        locker = await asyncio.create_subprocess_exec(sys.executable, "-c", LOCKER, str(db_path), "10",
+                                                      stdout=asyncio.subprocess.PIPE)
+        try:
+            assert (await locker.stdout.readline()).strip() == b"locked"
+            for _ in range(200):  # the worker meets the lock when it next looks (within 5 s)
+                if "database is locked" in serve.log():
+                    break
+                await asyncio.sleep(0.1)
+            assert locker.returncode is None, "the lock ended before the worker met it"
+            assert "database is locked" in serve.log(), serve.log()[-3000:]
+            assert await locker.wait() == 0
+        finally:
+            if locker.returncode is None:
+                locker.kill()
+                await locker.wait()
+        statuses = await wait_done(db_path, ids, serve)
+        await serve.stop()
+    assert {statuses[d] for d in ids} == {"done"}
+    assert "queue worker recovered" in serve.log()
+    for issue in issues:
+        assert len(bot_comments(standin, issue["number"])) == 1
