@@ -2,7 +2,9 @@
 
 GitHub gives a webhook 10 seconds and does not retry by itself, so the server stores each delivery
 here before answering and does the real work afterwards. Deliveries for one issue run in order;
-different issues run concurrently up to a bound; a delivery is done only when its handlers finished;
+different issues run concurrently up to a bound, installations taking turns, so no backlog on one issue
+or installation starves the rest; a delivery is done only when its handlers finished (each handler's
+completion is recorded, so a retry re-runs only the ones that failed);
 failures retry with backoff and are finally parked as ``failed`` with their error, never dropped;
 a failure that no retry can fix (the installation is gone) is parked at once as ``skipped``.
 """
