@@ -13,6 +13,7 @@ import inspect
 import json
 import logging
 import sqlite3
+import threading
 import time
 from typing import Any
 
@@ -69,10 +70,13 @@ class Services:
 
             models = wrap(models, self.db, settings)
         self._models = models
+        self._models_lock = threading.Lock()
         self.config_cache: cachetools.TTLCache = cachetools.TTLCache(maxsize=1000, ttl=300)
         self.config_warnings: dict[str, list[str]] = {}
         self.worker = queue.Worker(self.db, self.handle_delivery, concurrency=settings.worker_concurrency,
-                                   max_attempts=settings.max_attempts, metrics=self.metrics)
+                                   max_attempts=settings.max_attempts, metrics=self.metrics,
+                                   busy_timeout=settings.worker_busy_timeout,
+                                   stall_after=settings.health_max_queue_age)  # one bound: HEALTH_MAX_QUEUE_AGE_SECONDS
         self.background: set[asyncio.Task] = set()
 
     async def start(self) -> None:
@@ -91,17 +95,33 @@ class Services:
 
     @property
     def models(self) -> Any:
-        """The model cascade, loaded on first use (the GGUF loads in well under a second)."""
-        if self._models is None:
-            from bot.models.factory import build_cascade
+        """The model cascade, loaded on first use (the GGUF loads in well under a second).
 
-            self._models = build_cascade(self.settings, self.db, metrics=self.metrics)
+        Handlers get it through ``ctx.models``, a ``LazyModels`` that loads it only when a handler
+        actually uses it: a command or an installation event never waits for (or fails on) the model.
+        A load that fails raises ``ModelUnavailable`` in the handler that needed it and is tried again
+        on the next use.
+        """
+        if self._models is None:
+            with self._models_lock:  # a worker thread and the loop may both ask first
+                if self._models is None:
+                    from bot.models.factory import build_cascade
+
+                    try:
+                        self._models = build_cascade(self.settings, self.db, metrics=self.metrics)
+                    except Exception as exc:  # noqa: BLE001 - named, and only for the handlers that need it
+                        log.error("the local model could not be loaded (%s): %s", self.settings.local_model_path
+                                  or "bundled model", f"{type(exc).__name__}: {exc}"[:300])
+                        raise ModelUnavailable(f"the local model could not be loaded: {type(exc).__name__}: "
+                                               f"{exc}"[:300]) from exc
         return self._models
 
     def spawn(self, coro) -> asyncio.Task:
+        """Run ``coro`` in the background; if it fails, the failure is logged (not lost with the task)."""
         task = asyncio.create_task(coro)
         self.background.add(task)
         task.add_done_callback(self.background.discard)
+        task.add_done_callback(_log_failure)
         return task
 
     def on_repo_added(self, repo: str, installation_id: int) -> None:
@@ -173,10 +193,29 @@ class Services:
         gh = await self.github.for_installation(installation_id)
         config = await self.repo_config(gh, repo)
         return Context(db=self.db, settings=self.settings, repo=repo, installation_id=installation_id,
-                       delivery_id=delivery_id, config=config, gh=gh, models=self.models, services=self)
+                       delivery_id=delivery_id, config=config, gh=gh, models=LazyModels(self), services=self)
+
+    async def _check_installation(self, installation_id: int) -> None:
+        """Raise ``queue.Unretryable`` when GitHub says the installation does not exist (404 for its token):
+        the app was uninstalled, so no retry of this delivery can succeed."""
+        try:
+            await self.github.tokens.token(installation_id)
+        except gidgethub.RateLimitExceeded:
+            raise
+        except gidgethub.BadRequest as exc:
+            if exc.status_code == 404 or (exc.status_code == 403 and "suspended" in str(exc).lower()):
+                gone = "suspended" if exc.status_code == 403 else "not found (uninstalled?)"
+                self.db.execute("DELETE FROM installations WHERE installation_id = ?", [installation_id])
+                raise queue.Unretryable(f"installation {installation_id} {gone}: GitHub answered "
+                                        f"{exc.status_code} for its access token") from None
+            raise
 
     async def handle_delivery(self, row: dict[str, Any]) -> None:
-        """Run every matching handler for one stored delivery; raise if any failed (to retry)."""
+        """Run every matching handler for one stored delivery; raise if any failed (to retry).
+
+        Each handler that finishes is recorded for the delivery, so a retry runs only the handlers that
+        failed (a failing index update must not re-run triage: another model call, another label).
+        """
         await self.start()
         payload = json.loads(row["payload"])
         event = gidgethub.sansio.Event(payload, event=row["event"], delivery_id=row["id"])
@@ -194,22 +233,55 @@ class Services:
             if not repo or not installation_id:
                 log.info("ignored %s without repository/installation", row["event"], extra=extra)
                 return
+            await self._check_installation(installation_id)
             if not await self.installed(repo, installation_id):
                 log.info("ignored %s for %s: app not installed there", row["event"], repo, extra=extra)
                 return
             ctx = await self.context_for(repo, installation_id, row["id"])
             gh = ctx.gh
+        done = queue.completed_handlers(self.db, row["id"])  # also after a crash: attempts is still 0
         errors = []
         for name, router in self.routers:
             for callback in router.fetch(event):
+                handler = f"{name}.{callback.__name__}"
+                if handler in done:
+                    log.info("handler %s already finished for delivery %s; not run again", handler, row["id"],
+                             extra=extra)
+                    continue
                 try:
                     await callback(event, gh, ctx)
                 except Exception as exc:  # noqa: BLE001 - one handler must not stop the others
-                    log.exception("handler %s.%s failed on delivery %s", name, callback.__name__, row["id"],
-                                  extra=extra)
-                    errors.append(f"{name}.{callback.__name__}: {type(exc).__name__}: {exc}")
+                    log.exception("handler %s failed on delivery %s", handler, row["id"], extra=extra)
+                    errors.append(f"{handler}: {type(exc).__name__}: {exc}")
+                else:
+                    await self.worker.record_handler(row["id"], handler)
         if errors:
             raise RuntimeError("; ".join(errors))
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        exc = task.exception()
+        log.error("background task %s failed: %s", task.get_name(), f"{type(exc).__name__}: {exc}"[:300],
+                  exc_info=exc)
+
+
+class ModelUnavailable(RuntimeError):
+    """The model cascade could not be built (e.g. the GGUF at LOCAL_MODEL_PATH does not load)."""
+
+
+class LazyModels:
+    """``ctx.models`` for a handler: stands for ``services.models`` and loads it on first attribute use,
+    so handlers that never touch the model never load it (nor fail when it cannot load)."""
+
+    def __init__(self, services: "Services") -> None:
+        self._services = services
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._services.models, name)
+
+    def __bool__(self) -> bool:
+        return True
 
 
 class Intake:
@@ -347,7 +419,8 @@ async def readiness(app: web.Application) -> tuple[bool, dict[str, str], list[st
         checks["database"] = "ok" if figures["write_error"] is None else "locked"
         if figures["write_error"] is not None:
             problems.append(f"database takes no writes: {figures['write_error']}")
-    task = intake.worker_task
+    # The worker restarts itself (queue.Worker.start): watch the task running now, not the first one.
+    task = (getattr(services.worker, "_task", None) or intake.worker_task) if intake.worker_task is not None else None
     if task is None:
         checks["worker"] = "off"      # a server started without its worker (tests); nothing to watch
     elif task.done():
@@ -456,19 +529,11 @@ def create_app(services: Services, *, run_worker: bool = True) -> web.Applicatio
     app.router.add_get("/health/live", health_live)
     app.router.add_get("/metrics", metrics)
 
-    def worker_ended(task: asyncio.Task) -> None:
-        # The worker should run until shutdown; if it ends, say so loudly (and /health turns 503).
-        if not task.cancelled() and task.exception() is not None:
-            log.error("the worker stopped: %s", task.exception(), exc_info=task.exception())
-        elif not getattr(services.worker, "_stopping", False):
-            log.error("the worker stopped")
-
     async def lifecycle(app: web.Application):
         await services.start()
-        worker_task = asyncio.create_task(services.worker.run()) if run_worker else None
+        worker_task = services.worker.start() if run_worker else None  # supervised: restarted if it ends
         if worker_task is not None:
-            intake.worker_task = worker_task
-            worker_task.add_done_callback(worker_ended)
+            intake.worker_task = worker_task  # queue.Worker logs an unexpected end and restarts the task
         schedulers = []
         if services.settings.schedule:
             try:
@@ -481,9 +546,9 @@ def create_app(services: Services, *, run_worker: bool = True) -> web.Applicatio
         for task in schedulers:
             task.cancel()
         if worker_task is not None:
-            await services.worker.stop()
+            await services.worker.stop()  # cancels the task running now (it may have been restarted)
             worker_task.cancel()
-            await asyncio.gather(worker_task, *schedulers, return_exceptions=True)
+        await asyncio.gather(*schedulers, return_exceptions=True)
         await services.close()
         intake.close()
         queue.close_group_commit(services.db)

@@ -694,6 +694,8 @@ class Settings:
     metrics_token: str = ""           # bearer token for /metrics with per-installation series
     health_max_queue_age: float = 900.0  # /health is not ready when the oldest pending delivery is older
     webhook_memory_budget: int = 64 * 1024 * 1024  # bytes of webhook bodies read at once, all requests
+    delivery_retention_days: float = 7.0  # payloads of done deliveries are pruned after this
+    worker_busy_timeout: float = 30.0     # seconds a worker write waits on another writer's lock
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, *, require_app: bool = True) -> "Settings":
@@ -736,6 +738,8 @@ class Settings:
             health_max_queue_age=_float_env(env, "HEALTH_MAX_QUEUE_AGE_SECONDS", 900.0, minimum=10, maximum=7 * 86400),
             webhook_memory_budget=int(_float_env(env, "WEBHOOK_MEMORY_BUDGET_MB", 64.0, minimum=26,
                                                  maximum=65536) * 1024 * 1024),
+            delivery_retention_days=_float_env(env, "DELIVERY_RETENTION_DAYS", 7.0, minimum=0.001, maximum=3650),
+            worker_busy_timeout=_float_env(env, "WORKER_BUSY_TIMEOUT_SECONDS", 30.0, minimum=0.01, maximum=600),
         )
         if not settings.api_url.startswith(("http://", "https://")):
             raise ConfigError(f"GITHUB_API_URL must start with https:// (or http://), got {show(settings.api_url)}")
@@ -759,6 +763,18 @@ class Settings:
             load_pem_private_key(self.private_key.encode(), password=None)
         except (ValueError, TypeError):
             raise ConfigError("GITHUB_PRIVATE_KEY does not parse as a PEM private key") from None
+        self.check_local_model()
+
+    def check_local_model(self) -> None:
+        """A LOCAL_MODEL_PATH that names no readable file is an operator mistake: say so at start, instead
+        of failing every delivery that needs the model later (the model itself loads lazily)."""
+        path = self.local_model_path
+        if not path:
+            return
+        if not os.path.isfile(path):
+            raise ConfigError(f"LOCAL_MODEL_PATH: no such file: {path}")
+        if not os.access(path, os.R_OK):
+            raise ConfigError(f"LOCAL_MODEL_PATH: not readable: {path}")
 
 
 def cli_settings(command: str) -> "Settings | None":

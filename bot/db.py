@@ -115,6 +115,7 @@ def _core_schema(db: sqlite_utils.Database) -> None:
 
 # Modules listed here provide ensure_schema(db); imported lazily so bot.db stays light.
 SCHEMA_MODULES = [
+    "bot.queue",
     "bot.index.store",
     "bot.features.lifecycle",
     "bot.features.recovery",

@@ -2,8 +2,11 @@
 
 GitHub gives a webhook 10 seconds and does not retry by itself, so the server stores each delivery
 here before answering and does the real work afterwards. Deliveries for one issue run in order;
-different issues run concurrently up to a bound; a delivery is done only when its handlers finished;
-failures retry with backoff and are finally parked as ``failed`` with their error, never dropped.
+different issues run concurrently up to a bound, installations taking turns, so no backlog on one issue
+or installation starves the rest; a delivery is done only when its handlers finished (each handler's
+completion is recorded, so a retry re-runs only the ones that failed);
+failures retry with backoff and are finally parked as ``failed`` with their error, never dropped;
+a failure that no retry can fix (the installation is gone) is parked at once as ``skipped``.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import random
 import sqlite3
 import time
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Awaitable, Callable
 
 import sqlite_utils
@@ -255,7 +259,8 @@ def depth(db: sqlite_utils.Database) -> tuple[int, float | None]:
     return row[0], (time.time() - row[1]) if row[1] else None
 
 
-def list_deliveries(db: sqlite_utils.Database, statuses: tuple[str, ...] = ("pending", "running", "failed")
+def list_deliveries(db: sqlite_utils.Database,
+                    statuses: tuple[str, ...] = ("pending", "running", "failed", "skipped")
                     ) -> list[dict[str, Any]]:
     marks = ",".join("?" for _ in statuses)
     return list(db.query(
@@ -270,160 +275,469 @@ def retry(db: sqlite_utils.Database, delivery_id: str) -> bool:
     return cursor.rowcount == 1
 
 
+class Unretryable(Exception):
+    """A delivery that cannot succeed however often it is retried (for example: the installation was
+    removed, so GitHub answers 404 for its token). The worker parks it at once as ``skipped`` with this
+    message as the reason, instead of spending the retries."""
+
+
+def ensure_schema(db: sqlite_utils.Database) -> None:
+    """The worker's own tables and indexes (idempotent)."""
+    # One row per handler that finished for a delivery: a retry runs only the handlers that did not.
+    db.execute("""CREATE TABLE IF NOT EXISTS delivery_handlers (
+        delivery_id TEXT NOT NULL,
+        handler TEXT NOT NULL,
+        finished_at REAL NOT NULL,
+        PRIMARY KEY (delivery_id, handler)
+    ) WITHOUT ROWID""")
+    # The scheduler reads each installation's pending deliveries oldest first (see _select_ready).
+    db.execute("CREATE INDEX IF NOT EXISTS deliveries_fair ON deliveries(status, installation_id, received_at)")
+
+
+def completed_handlers(db: sqlite_utils.Database, delivery_id: str) -> set[str]:
+    """Names of the handlers that already finished for this delivery (on an earlier attempt)."""
+    return {row[0] for row in db.execute("SELECT handler FROM delivery_handlers WHERE delivery_id = ?",
+                                         [delivery_id])}
+
+
+def _record_handler(conn: sqlite3.Connection, delivery_id: str, handler: str) -> None:
+    conn.execute("INSERT OR REPLACE INTO delivery_handlers (delivery_id, handler, finished_at) VALUES (?, ?, ?)",
+                 (delivery_id, handler, time.time()))
+
+
+PRUNE_BATCH = 500
+
+
+def prune_payloads(db: sqlite_utils.Database, retention_days: float, now: float | None = None) -> int:
+    """Delete the payloads (and handler marks) of deliveries that finished ``done`` more than
+    ``retention_days`` ago; returns how many. The deliveries rows (metadata) and the audit log stay;
+    failed and skipped deliveries keep their payload, since they may be retried.
+
+    Deletes in small transactions so the write lock is never held for long.
+    """
+    cutoff = (time.time() if now is None else now) - retention_days * 86400
+    conn = db.conn
+    total = 0
+    while True:
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            ids = [(row[0],) for row in conn.execute(
+                "SELECT d.id FROM deliveries d JOIN delivery_payloads p ON p.id = d.id"
+                " WHERE d.status = 'done' AND d.finished_at < ? LIMIT ?", (cutoff, PRUNE_BATCH))]
+            conn.executemany("DELETE FROM delivery_payloads WHERE id = ?", ids)
+            conn.executemany("DELETE FROM delivery_handlers WHERE delivery_id = ?", ids)
+        total += len(ids)
+        if len(ids) < PRUNE_BATCH:
+            return total
+
+
+# ---------------------------------------------------------------- the worker's SQL (sync; run off the loop)
+
 _READY_COLUMNS = ("id", "event", "repo", "issue", "installation_id", "next_attempt_at")
+
+# Fair scheduling. Each installation's pending deliveries are read oldest first, lazily, and the
+# installations take turns: one ready delivery from each in turn until the free slots are filled. Within
+# an installation, only the head of each issue (its oldest pending-or-running delivery) may start, which
+# keeps per-issue order; the rest of that issue's rows are skipped, not counted against a window, so 260
+# deliveries for one issue cost other issues one slot, not 260 (the old "oldest 200 rows" window let them
+# starve everything behind). The distinct installations come from an index skip-scan (one seek each).
+_INSTALLATIONS = """
+WITH RECURSIVE inst(id) AS (
+    SELECT (SELECT installation_id FROM deliveries WHERE status = 'pending' AND installation_id IS NOT NULL
+             ORDER BY installation_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT installation_id FROM deliveries WHERE status = 'pending' AND installation_id > inst.id
+             ORDER BY installation_id LIMIT 1)
+      FROM inst WHERE inst.id IS NOT NULL
+)
+SELECT id FROM inst WHERE id IS NOT NULL
+"""
+_PENDING_OF = ("SELECT id, event, repo, issue, installation_id, next_attempt_at FROM deliveries"
+               " WHERE status = 'pending' AND installation_id {} ORDER BY received_at, rowid")
+SCAN_LIMIT = 10_000  # rows read per installation per pass at most: bounds a pass (~25 ms) under a huge backlog
+
+
+def _key(row: dict[str, Any]) -> str:
+    """Deliveries with the same key run in arrival order, one at a time."""
+    if row["repo"] and row["issue"]:
+        return f"{row['repo']}#{row['issue']}"
+    return f"delivery:{row['id']}"
+
+
+def _turn_order(installation: int | None) -> tuple[bool, int]:
+    return (installation is None, installation or 0)
+
+
+def _select_ready(conn: sqlite3.Connection, want: int, now: float, busy: list[str],
+                  last_served: int | None = None) -> list[dict[str, Any]]:
+    """Up to ``want`` deliveries that may start now; ``busy``: keys with a delivery running here;
+    ``last_served``: the installation served last, so the turn passes on to the next one."""
+    installations: list[int | None] = [row[0] for row in conn.execute(_INSTALLATIONS)] + [None]
+    turn = _turn_order(last_served)  # None (no installation) sorts last, so the turn then wraps around
+    installations = ([i for i in installations if _turn_order(i) > turn]
+                     + [i for i in installations if _turn_order(i) <= turn])
+    cursors = [conn.execute(_PENDING_OF.format("IS NULL"), ()) if installation is None
+               else conn.execute(_PENDING_OF.format("= ?"), (installation,)) for installation in installations]
+    seen = set(busy)  # keys whose head is running or not yet due: the rest of their rows wait
+    scanned = [0] * len(cursors)
+    active = list(range(len(cursors)))
+    ready: list[dict[str, Any]] = []
+    try:
+        while active and len(ready) < want:
+            for index in list(active):
+                found = None
+                for values in cursors[index]:
+                    scanned[index] += 1
+                    if scanned[index] > SCAN_LIMIT:
+                        break
+                    row = dict(zip(_READY_COLUMNS, values))
+                    key = _key(row)
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    if row["next_attempt_at"] <= now:
+                        found = row
+                        break
+                if found is None:
+                    active.remove(index)
+                    continue
+                ready.append(found)
+                if len(ready) >= want:
+                    break
+    finally:
+        for cursor in cursors:
+            cursor.close()
+    return ready
+
+
+def _claim(conn: sqlite3.Connection, ids: list[str]) -> None:
+    with conn:  # one commit marks the whole pass as running
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany("UPDATE deliveries SET status = 'running' WHERE id = ? AND status = 'pending'",
+                         [(i,) for i in ids])
+
+
+def _resume(conn: sqlite3.Connection, keep: list[str]) -> int:
+    marks = ",".join("?" for _ in keep)
+    sql = "UPDATE deliveries SET status = 'pending' WHERE status = 'running'"
+    return conn.execute(sql + (f" AND id NOT IN ({marks})" if keep else ""), keep).rowcount
+
+
+def _next_due(conn: sqlite3.Connection) -> float | None:
+    return conn.execute("SELECT min(next_attempt_at) FROM deliveries WHERE status = 'pending'").fetchone()[0]
+
+
+def _load(conn: sqlite3.Connection, delivery_id: str) -> dict[str, Any] | None:
+    cursor = conn.execute("SELECT d.*, p.payload FROM deliveries d LEFT JOIN delivery_payloads p ON p.id = d.id"
+                          " WHERE d.id = ?", [delivery_id])
+    values = cursor.fetchone()
+    return None if values is None else dict(zip([c[0] for c in cursor.description], values))
+
+
+def _set_retry(conn: sqlite3.Connection, delivery_id: str, attempts: int, error: str, at: float) -> None:
+    conn.execute("UPDATE deliveries SET status = 'pending', attempts = ?, error = ?, next_attempt_at = ?"
+                 " WHERE id = ?", (attempts, error, at, delivery_id))
+
+
+def _park(conn: sqlite3.Connection, delivery_id: str, status: str, attempts: int, error: str) -> None:
+    conn.execute("UPDATE deliveries SET status = ?, attempts = ?, error = ?, finished_at = ? WHERE id = ?",
+                 (status, attempts, error, time.time(), delivery_id))
+
+
+def _mark_done_rows(conn: sqlite3.Connection, rows: list[tuple[float, str]]) -> None:
+    with conn:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany("UPDATE deliveries SET status = 'done', finished_at = ?, attempts = attempts + 1,"
+                         " error = NULL WHERE id = ?", rows)
+        # A done delivery never runs again (redeliveries of its id are ignored): its handler marks can go.
+        conn.executemany("DELETE FROM delivery_handlers WHERE delivery_id = ?", [(i,) for _t, i in rows])
+
+
+def _short(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:300]
 
 
 class Worker:
-    """Drains the queue: per-issue order, bounded concurrency, retries with backoff."""
+    """Drains the queue: fair across issues and installations, per-issue order, bounded concurrency,
+    retries with backoff, per-handler completion, and a supervised loop that outlives database errors.
+
+    The worker's database writes run in one thread of its own (with its own SQLite connection and
+    ``busy_timeout``), so a database locked by another process never blocks the event loop; the loop
+    logs each failure, backs off and tries again, and ``problems()`` says so once it lasts.
+    """
 
     def __init__(self, db: sqlite_utils.Database, handler: Handler, *, concurrency: int = 8,
-                 max_attempts: int = 5, base_delay: float = 2.0, metrics: Any = None) -> None:
+                 max_attempts: int = 5, base_delay: float = 2.0, metrics: Any = None,
+                 busy_timeout: float = 30.0, failing_after: float = 60.0, stall_after: float = 600.0,
+                 max_backoff: float = 30.0) -> None:
         self.db = db
         self.handler = handler
         self.concurrency = concurrency
         self.max_attempts = max_attempts
         self.base_delay = base_delay
         self.metrics = metrics
+        self.busy_timeout = busy_timeout      # seconds a worker write waits for another writer's lock
+        self.failing_after = failing_after    # problems() once the loop has failed this long
+        self.stall_after = stall_after        # problems() once the oldest pending delivery is this old
+        self.max_backoff = max_backoff
         self.wake = asyncio.Event()
         self._running: dict[str, asyncio.Task] = {}  # ordering key -> task
         self._stopping = False
+        self._resumed = False
+        self._last_served: int | None = None  # installation served last (turns go round)
+        self._task: asyncio.Task | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._thread_conn: sqlite3.Connection | None = None
         self._done_batch: list[tuple[asyncio.Future, str, float]] = []
+        self._flusher: asyncio.Task | None = None
+        self.failing_since: float | None = None
+        self.last_error: str | None = None
+        self.errors = 0     # failures of the claim/mark loop so far (for tests and /metrics)
+        self.restarts = 0   # times the supervisor restarted the worker task
 
-    def resume(self) -> int:
-        """Deliveries that were running when the process died go back to pending."""
-        return self.db.execute("UPDATE deliveries SET status = 'pending' WHERE status = 'running'").rowcount
+    # ------------------------------------------------------------ database access, off the loop
 
-    @staticmethod
-    def _key(row: dict[str, Any]) -> str:
-        if row["repo"] and row["issue"]:
-            return f"{row['repo']}#{row['issue']}"
-        return f"delivery:{row['id']}"
+    async def _db(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(conn, *args)`` in the worker's database thread (inline for an in-memory database,
+        whose single connection cannot be shared with another thread safely)."""
+        from bot.db import Database
 
-    def _ready(self, want: int | None = None) -> list[dict[str, Any]]:
-        """Pending deliveries that may start now: the oldest per ordering key, if it is due.
+        if not isinstance(self.db, Database):
+            return fn(self.db.conn, *args)
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-worker")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._in_thread, fn, args)
 
-        Looks at the oldest 200 pending rows, but stops reading once ``want`` are found (rows are
-        fetched lazily, so a busy queue costs a few rows per pass, not 200).
+    def _in_thread(self, fn: Callable[..., Any], args: tuple) -> Any:
+        conn = self.db.conn  # bot.db.Database: this thread's own connection
+        if conn is not self._thread_conn:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            self._thread_conn = conn
+        return fn(conn, *args)
+
+    async def _settle(self, what: str, fn: Callable[..., Any], *args: Any) -> bool:
+        """Write an outcome that must not be lost; on errors log, back off and retry until it lands.
+        Returns False only when the worker is stopping (the row stays 'running'; resume() re-queues it)."""
+        delay = 0.2
+        while True:
+            try:
+                await self._db(fn, *args)
+                return True
+            except Exception as exc:  # noqa: BLE001 - logged; retried below
+                self._failed(exc)
+                if self._stopping:
+                    log.warning("queue worker: could not record %s while stopping (%s); it is re-queued at the"
+                                " next start", what, _short(exc))
+                    return False
+                log.error("queue worker: could not record %s: %s; retry in %.1fs", what, _short(exc), delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_backoff)
+
+    def _failed(self, exc: BaseException) -> None:
+        self.errors += 1
+        self.last_error = _short(exc)
+        if self.failing_since is None:
+            self.failing_since = time.time()
+
+    def _recovered(self) -> None:
+        if self.failing_since is not None:
+            log.warning("queue worker recovered after %.1fs of errors (last: %s)", time.time() - self.failing_since,
+                        self.last_error)
+        self.failing_since = None
+
+    # ------------------------------------------------------------ supervision
+
+    def start(self) -> asyncio.Task:
+        """Run the worker as a supervised task: if it ever ends while the worker is not stopping, the
+        end is logged and the task is started again after a short delay."""
+        self._stopping = False
+        task = asyncio.create_task(self.run(), name="queue-worker")
+        task.add_done_callback(self._task_ended)
+        self._task = task
+        return task
+
+    def _task_ended(self, task: asyncio.Task) -> None:
+        if self._stopping:
+            return
+        reason = "cancelled" if task.cancelled() else _short(task.exception()) if task.exception() else "returned"
+        self.restarts += 1
+        delay = min(self.base_delay * 2 ** min(self.restarts - 1, 5), self.max_backoff)
+        self.last_error = f"worker task ended: {reason}"
+        log.error("queue worker task ended unexpectedly (%s); restarting in %.1fs (restart %d)", reason, delay,
+                  self.restarts)
+        asyncio.get_running_loop().call_later(delay, self._restart)
+
+    def _restart(self) -> None:
+        if not self._stopping:
+            log.warning("queue worker restarted")
+            self.start()
+
+    def problems(self, now: float | None = None) -> list[str]:
+        """Why the worker cannot be trusted to make progress right now; empty when it is fine.
+
+        Non-empty when the worker task is not running, when its loop has been failing for longer than
+        ``failing_after`` seconds, or when the oldest pending delivery is older than ``stall_after``.
         """
-        cursor = self.db.conn.execute(
-            "SELECT id, event, repo, issue, installation_id, next_attempt_at FROM deliveries"
-            " WHERE status = 'pending' ORDER BY received_at LIMIT 200")
-        now = time.time()
-        seen: set[str] = set()
-        ready: list[dict[str, Any]] = []
+        now = time.time() if now is None else now
+        found = []
+        if self._task is None:
+            found.append("queue worker not started")
+        elif self._task.done():
+            found.append("queue worker is not running" + (f" ({self.last_error})" if self.last_error else ""))
+        if self.failing_since is not None and now - self.failing_since > self.failing_after:
+            found.append(f"queue worker failing for {now - self.failing_since:.0f}s: {self.last_error}")
         try:
-            for values in cursor:
-                row = dict(zip(_READY_COLUMNS, values))
-                key = self._key(row)
-                if key in seen or key in self._running:
-                    seen.add(key)
-                    continue
-                seen.add(key)
-                if row["next_attempt_at"] <= now:
-                    ready.append(row)
-                    if want is not None and len(ready) >= want:
-                        break
-        finally:
-            cursor.close()
-        return ready
+            oldest = self.db.execute("SELECT min(received_at) FROM deliveries WHERE status = 'pending'").fetchone()[0]
+        except sqlite3.Error as exc:
+            found.append(f"cannot read the queue: {_short(exc)}")
+        else:
+            if oldest is not None and now - oldest > self.stall_after:
+                found.append(f"oldest pending delivery is {now - oldest:.0f}s old (bound {self.stall_after:.0f}s)")
+        return found
+
+    # ------------------------------------------------------------ the loop
+
+    _key = staticmethod(_key)
 
     async def run(self) -> None:
-        self.resume()
+        """The claim loop. Every exception is logged and backed off; the loop ends only on stop()."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.current_task()
+        backoff = 0.0
         while not self._stopping:
-            self.wake.clear()
-            free = self.concurrency - len(self._running)
-            if free <= 0:
-                # Every slot is busy: the next _finished() wakes us; no query until then.
-                await self.wake.wait()
-                continue
-            rows = self._ready(free)
-            if rows:
-                conn = self.db.conn
-                with conn:  # one commit marks the whole pass as running
-                    conn.execute("BEGIN")
-                    conn.executemany("UPDATE deliveries SET status = 'running' WHERE id = ?",
-                                     [(row["id"],) for row in rows])
-                for row in rows:
-                    key = self._key(row)
-                    task = asyncio.create_task(self._process(row["id"]))
-                    self._running[key] = task
-                    task.add_done_callback(lambda _t, key=key: self._finished(key))
             try:
-                await asyncio.wait_for(self.wake.wait(), timeout=self._next_due())
+                if not self._resumed:
+                    # Deliveries left 'running' by a process that died go back to pending (not ours).
+                    count = await self._db(_resume, [t.get_name() for t in self._running.values()])
+                    self._resumed = True
+                    if count:
+                        log.info("re-queued %d deliveries that were running when the server stopped", count)
+                timeout = await self._pass()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - supervised: log, back off, keep going
+                first = self.failing_since is None
+                self._failed(exc)
+                backoff = min(max(backoff * 2, 0.1), self.max_backoff)
+                log.error("queue worker: %s; retry in %.1fs (failing for %.0fs)", _short(exc), backoff,
+                          time.time() - (self.failing_since or time.time()), exc_info=first)
+                await asyncio.sleep(backoff)
+                continue
+            backoff = 0.0
+            if timeout is None:
+                continue
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout=timeout)
             except asyncio.TimeoutError:
                 pass
+
+    def resume(self) -> int:
+        """Deliveries that were running when the process died go back to pending (sync, for tools)."""
+        return _resume(self.db.conn, [])
+
+    async def _pass(self) -> float | None:
+        """One scheduling pass: claim what may start; returns how long to wait (None: go again now)."""
+        self.wake.clear()
+        free = self.concurrency - len(self._running)
+        if free <= 0:
+            # Every slot is busy: the next _finished() wakes us; no query until then.
+            await self.wake.wait()
+            return None
+        rows = await self._db(_select_ready, free, time.time(), list(self._running), self._last_served)
+        rows = [row for row in rows if self._key(row) not in self._running]  # started meanwhile
+        if rows:
+            self._last_served = rows[-1]["installation_id"]
+            await self._db(_claim, [row["id"] for row in rows])
+            for row in rows:
+                key = self._key(row)
+                task = asyncio.create_task(self._process(row["id"]), name=row["id"])
+                self._running[key] = task
+                task.add_done_callback(lambda _t, key=key: self._finished(key))
+        due = await self._db(_next_due)
+        self._recovered()
+        if due is None:
+            return 5.0
+        return min(5.0, max(0.05, due - time.time()))
 
     def _finished(self, key: str) -> None:
         self._running.pop(key, None)
         self.wake.set()
 
-    def _next_due(self) -> float:
-        row = self.db.execute("SELECT min(next_attempt_at) FROM deliveries WHERE status = 'pending'").fetchone()
-        if row[0] is None:
-            return 5.0
-        return min(5.0, max(0.05, row[0] - time.time()))
-
     async def _process(self, delivery_id: str) -> None:
-        cursor = self.db.conn.execute(
-            "SELECT d.*, p.payload FROM deliveries d JOIN delivery_payloads p ON p.id = d.id WHERE d.id = ?",
-            [delivery_id])
-        row = dict(zip([c[0] for c in cursor.description], cursor.fetchone()))
+        try:
+            row = await self._db(_load, delivery_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - try again later; the loop's own errors are logged there
+            self._failed(exc)
+            log.error("delivery %s: could not be read: %s; retry in %.1fs", delivery_id, _short(exc), self.base_delay)
+            await self._settle(f"delivery {delivery_id} as pending", _set_retry, delivery_id, 0,
+                               _short(exc), time.time() + self.base_delay)
+            return
+        if row is None:
+            return
+        if row["payload"] is None:
+            log.error("delivery %s has no payload; parked as failed", delivery_id)
+            await self._settle(f"delivery {delivery_id} as failed", _park, delivery_id, "failed",
+                               row["attempts"], "payload missing (pruned?); cannot run")
+            return
         started = time.monotonic()
         try:
             await self.handler(row)
         except asyncio.CancelledError:
-            self.db.execute("UPDATE deliveries SET status = 'pending' WHERE id = ?", [delivery_id])
+            if self._executor is not None:  # best effort; resume() at the next start covers a miss
+                self._executor.submit(self._in_thread, _resume_one, (delivery_id,))
+            else:
+                self.db.execute("UPDATE deliveries SET status = 'pending' WHERE id = ?", [delivery_id])
             raise
+        except Unretryable as exc:
+            reason = f"not retried: {exc}"[:2000]
+            log.warning("delivery %s skipped: %s", delivery_id, reason)
+            await self._settle(f"delivery {delivery_id} as skipped", _park, delivery_id, "skipped",
+                               row["attempts"] + 1, reason)
+            return
         except Exception as exc:  # noqa: BLE001 - every failure is recorded, none dropped
             attempts = row["attempts"] + 1
             error = f"{type(exc).__name__}: {exc}"[:2000]
             if attempts >= self.max_attempts:
                 log.error("delivery %s parked as failed after %d attempts: %s", delivery_id, attempts, error)
-                self.db.execute("UPDATE deliveries SET status = 'failed', attempts = ?, error = ?, finished_at = ?"
-                                " WHERE id = ?", [attempts, error, time.time(), delivery_id])
+                await self._settle(f"delivery {delivery_id} as failed", _park, delivery_id, "failed", attempts,
+                                   error)
                 if self.metrics is not None:
                     self.metrics.failed.labels(row["event"]).inc()
             else:
                 delay = self.base_delay * (2 ** (attempts - 1)) * (0.75 + random.random() / 2)
                 log.warning("delivery %s failed (attempt %d): %s; retry in %.1fs", delivery_id, attempts, error,
                             delay)
-                self.db.execute("UPDATE deliveries SET status = 'pending', attempts = ?, error = ?,"
-                                " next_attempt_at = ? WHERE id = ?",
-                                [attempts, error, time.time() + delay, delivery_id])
+                await self._settle(f"delivery {delivery_id} for retry", _set_retry, delivery_id, attempts, error,
+                                   time.time() + delay)
             return
         await self._mark_done(delivery_id)
         if self.metrics is not None:
             self.metrics.done.labels(row["event"]).inc()
             self.metrics.handler_latency.labels(row["event"]).observe(time.monotonic() - started)
 
+    async def record_handler(self, delivery_id: str, handler: str) -> None:
+        """Note that ``handler`` finished for this delivery, so a retry does not run it again."""
+        await self._settle(f"handler {handler} of {delivery_id}", _record_handler, delivery_id, handler)
+
     def _mark_done(self, delivery_id: str) -> asyncio.Future:
-        """Mark a delivery done; the marks of deliveries finishing in the same loop iteration share one
-        commit. The returned future resolves once this delivery's mark is committed."""
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        if not self._done_batch:
-            loop.call_soon(self._commit_done)
+        """Mark a delivery done; the marks of deliveries finishing together share one commit. The
+        returned future resolves once this delivery's mark is committed (or the worker is stopping)."""
+        future = asyncio.get_running_loop().create_future()
         self._done_batch.append((future, delivery_id, time.time()))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_done())
         return future
 
-    def _commit_done(self) -> None:
-        batch, self._done_batch = self._done_batch, []
-        if not batch:
-            return
-        conn = self.db.conn
-        try:
-            with conn:
-                conn.execute("BEGIN")
-                conn.executemany("UPDATE deliveries SET status = 'done', finished_at = ?, attempts = attempts + 1"
-                                 " WHERE id = ?", [(finished, delivery_id) for _f, delivery_id, finished in batch])
-        except Exception as exc:  # noqa: BLE001 - left 'running': resume() re-queues them after a restart
+    async def _flush_done(self) -> None:
+        while self._done_batch:
+            batch, self._done_batch = self._done_batch, []
+            await self._settle(f"{len(batch)} deliveries as done", _mark_done_rows,
+                               [(finished, delivery_id) for _f, delivery_id, finished in batch])
             for future, _id, _t in batch:
                 if not future.done():
-                    future.set_exception(exc)
-            return
-        for future, _id, _t in batch:
-            if not future.done():
-                future.set_result(None)
+                    future.set_result(None)
 
     async def drain(self, timeout: float = 30.0) -> None:
         """Wait until nothing is pending or running (tests and the CLI use this)."""
@@ -444,3 +758,15 @@ class Worker:
         for task in list(self._running.values()):
             task.cancel()
         await asyncio.gather(*self._running.values(), return_exceptions=True)
+        task = self._task
+        if task is not None and task is not asyncio.current_task() and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            self._thread_conn = None
+
+
+def _resume_one(conn: sqlite3.Connection, delivery_id: str) -> None:
+    conn.execute("UPDATE deliveries SET status = 'pending' WHERE id = ? AND status = 'running'", (delivery_id,))

@@ -152,7 +152,7 @@ async def test_health_is_not_ready_when_the_oldest_pending_delivery_is_too_old(b
                    [time.time() - 1200, time.time() + 3600, "old-one"])
     status, text, _ = await get(bot, "/health")
     assert status == 503 and json.loads(text)["checks"]["queue"] == "stalled"
-    bot.services.settings.health_max_queue_age = 3600
+    bot.services.settings.health_max_queue_age = bot.services.worker.stall_after = 3600
     status, _, _ = await get(bot, "/health")
     assert status == 200
 
