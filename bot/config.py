@@ -40,6 +40,7 @@ CONFIG_PARSE_TIMEOUT = 5.0  # seconds; the caps keep a real parse in millisecond
 
 DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 CANDIDATE_MODES = ("off", "shadow", "canary")
+from bot.core.triage import COMMENT_MODES, SUMMARY_MODES  # noqa: E402 - one list of the words, in the core
 WHO = ("anyone", "author", "write")
 
 
@@ -175,10 +176,25 @@ DEFAULT_KIND_LABELS = {"bug": "bug", "feature": "enhancement", "question": "ques
                        "other": ""}
 
 
+def _comment_mode(value: Any) -> Any:
+    """``triage.comment``: auto | always | never; ``true`` / ``false`` from older files mean auto / never."""
+    if isinstance(value, bool):
+        return "auto" if value else "never"
+    return _one_of(COMMENT_MODES)(value)
+
+
+def _summary_mode(value: Any) -> Any:
+    """``triage.summary``: extractive | model | off (YAML reads a bare ``off`` as ``false``)."""
+    return "off" if value is False else _one_of(SUMMARY_MODES)(value)
+
+
 class Triage(_Section):
     enabled: bool = True
-    comment: bool = True
-    summary: Annotated[str, BeforeValidator(_one_of(("extractive", "model")))] = "extractive"
+    # auto: comment only when there is something for the author (missing information, possible
+    # duplicates, an earlier answer); always: on every issue; never: labels only (issue #12 item 6).
+    comment: Annotated[str, BeforeValidator(_comment_mode)] = "auto"
+    # extractive: the author's own sentences; model: LOCAL_MODEL_PATH's summary (guarded); off: none.
+    summary: Annotated[str, BeforeValidator(_summary_mode)] = "extractive"
     threshold: Probability = 0.93
     # An open mapping (kind -> the repo's label): kinds the file leaves out keep their default label.
     labels: dict[Name, Name] = Field(default_factory=lambda: dict(DEFAULT_KIND_LABELS))

@@ -96,7 +96,10 @@ def main(argv: list[str]) -> int:
             print(f"  bundled model alone (zero-shot, no history): {result['llm_kind']} "
                   f"p={result['llm_confidence']:.2f}   time: {result['llm_ms']:.0f} ms")
         print(f"  summary: {result['summary'] or '-'}")
-        print("  comment:")
+        if not result["comment"]:
+            print("  comment: none (nothing to ask the author; labels only, as with `triage.comment: auto`)")
+        else:
+            print("  comment:")
         for line in result["comment"].splitlines():
             print(f"    | {line}")
         print()

@@ -64,7 +64,9 @@ def test_confident_bug_gets_mapped_label_and_one_marked_comment():
     assert labels_of(plan) == ["bug"]
     comment = comment_of(plan)
     assert comment.marker == marker("triage") and comment.body.startswith(marker("triage"))
-    assert "The app crashes." in comment.body and "/help" in comment.body
+    assert "/help" in comment.body
+    # The default summary quotes the author; a model's words are shown only with `summary: model`.
+    assert "The app crashes." not in comment.body
     assert plan.data["confident"] and plan.data["kind"] == "bug"
 
 
@@ -95,7 +97,7 @@ def test_protected_labels_are_never_applied_even_if_mapped():
 def test_needs_triage_when_unsure():
     plan = decide(issue(), config(threshold=0.8), LABELS, prediction("bug", 0.6), [], None, repo=REPO)
     assert labels_of(plan) == ["needs-triage"]
-    assert "not sure" in comment_of(plan).body and plan.data["uncertain"]
+    assert "couldn't tell for sure" in comment_of(plan).body and plan.data["uncertain"]
 
 
 def test_needs_triage_when_prediction_marked_uncertain_or_invalid():
@@ -121,8 +123,10 @@ def test_label_already_on_issue_is_not_re_added():
 
 
 def test_comment_off_in_config_posts_nothing():
-    plan = decide(issue(), config(comment=False), LABELS, prediction("bug"), [], None, repo=REPO)
-    assert comment_of(plan) is None and labels_of(plan) == ["bug"]
+    for off in (False, "never"):
+        plan = decide(issue(), config(comment=off), LABELS, prediction("bug"), [], None, repo=REPO)
+        assert comment_of(plan) is None and labels_of(plan) == ["bug"]
+        assert plan.data["missing"]  # there was something to ask: the config still wins
 
 
 def test_no_ai_leaves_model_text_out():
@@ -136,7 +140,7 @@ def test_missing_info_checklist_for_a_bare_bug_report():
     assert set(plan.data["missing"]) == {"version", "steps to reproduce", "expected vs actual behaviour",
                                          "logs or error output"}
     assert plan.data["needs_info"]
-    assert comment_of(plan).body.count("- [ ]") == 4
+    assert len([line for line in comment_of(plan).body.splitlines() if line.startswith("- ")]) == 4
 
 
 def test_missing_info_heuristics_see_a_complete_report():
@@ -212,7 +216,8 @@ def _hijacked_predictions(case):
 
 @pytest.mark.parametrize("case", INJECTIONS, ids=[c["id"] for c in INJECTIONS])
 def test_injection_leads_to_no_action_outside_the_allowlist(case):
-    section = config()
+    # Always a comment, with the model's summary (the attacker's text echoed): the most text to check.
+    section = config(comment="always", summary="model")
     allowed = {v for v in section["labels"].values() if v} | {section["needs_triage_label"]}
     for pred in _hijacked_predictions(case):
         plan = decide(issue(case["title"], case["body"]), section, LABELS, pred, [], None, repo=REPO)
@@ -247,3 +252,128 @@ def test_extractive_summary_quotes_the_author_and_skips_boilerplate():
     assert extractive_summary(body) == "After updating, the export button does nothing."
     assert extractive_summary("") == ""
     assert extractive_summary("> quoted text from someone else here\nok") == ""
+
+
+# ---------------------------------------------------------------- issue #12 items 4-6: what the comment says
+
+DEMO = {row["number"]: row for row in json.loads((Path(__file__).parent.parent / "demo" / "issues.json").read_text())}
+COMPLETE_BUG = ("Version 2.3.1 on Ubuntu 22.04.\n\nSteps to reproduce:\n1. Save `settings.yml` from Notepad\n"
+                "2. Run `tool --config settings.yml`\n\nExpected: the file loads.\nActual: it crashes with\n\n"
+                "```\nyaml.reader.ReaderError: unacceptable character #xfeff\n```")
+
+
+def test_body_starting_with_a_numbered_list_is_not_summarised_as_its_marker():
+    """Demo #101 was summarised as **In short: “1.”**: a list marker is not a sentence."""
+    from bot.core.summary import extractive_summary
+
+    summary = extractive_summary(DEMO[101]["body"], DEMO[101]["title"])
+    assert summary and not re.match(r"^\W*\d+\W*$", summary) and not summary.startswith("1.")
+    assert extractive_summary("1. Open the settings page\n2. Click export\n3. Nothing is saved to disk at all") \
+        .startswith(("Open the settings page", "Nothing is saved"))
+
+
+@pytest.mark.parametrize("body, expected", [
+    ("Hi there, thanks for the great library!\n\nWhen I call `load()` on an empty file it raises KeyError "
+     "instead of returning an empty dict.", "When I call `load()` on an empty file it raises KeyError"),
+    ("**Describe the bug**\nA clear and concise description of what the bug is.\nExporting a report with "
+     "unicode names writes an empty CSV file.\n\n**To Reproduce**\n1. Go to reports", "Exporting a report"),
+    ("```\nTraceback (most recent call last):\n  File \"x.py\", line 1\nValueError: bad\n```\n"
+     "2023-01-01 12:00:00 ERROR something broke here badly\nThe parser rejects files that start with a BOM.",
+     "The parser rejects files that start with a BOM."),
+    ("<!-- Please describe your problem in detail here -->\n### Feature request\nAllow the status command to "
+     "print JSON so that scripts can read it.\n### Your contribution\nHappy to send a pull request for it.",
+     "Allow the status command to print JSON"),
+])
+def test_extractive_summary_picks_a_sentence_that_says_what_the_issue_is(body, expected):
+    from bot.core.summary import extractive_summary
+
+    assert extractive_summary(body, "Some title about it").startswith(expected)
+
+
+@pytest.mark.parametrize("number", sorted(DEMO))
+def test_extractive_summary_only_ever_quotes_the_author(number):
+    """Every piece of the "In short" is a run of the author's own words, in their order."""
+    from bot.core.summary import extractive_summary
+
+    summary = extractive_summary(DEMO[number]["body"], DEMO[number]["title"])
+    flat = " ".join(DEMO[number]["body"].split())
+    for part in summary.rstrip("…").split(" … "):
+        assert part.strip() in flat
+
+
+def test_uncertain_kind_still_asks_a_vague_report_for_what_is_missing():
+    """Demo #102: needs-triage, and the author is asked for version, steps and expected vs actual."""
+    vague = issue(DEMO[102]["title"], DEMO[102]["body"])
+    for unsure in (prediction("docs", 0.72), prediction("bug", 0.5), None):
+        plan = decide(vague, config(), LABELS, unsure, [], None, repo=REPO)
+        assert labels_of(plan) == ["needs-triage"]
+        assert {"version", "steps to reproduce", "expected vs actual behaviour"} <= set(plan.data["missing"])
+        body = comment_of(plan).body
+        assert "the version you are using" in body and "the steps to reproduce" in body
+        assert "what you expected to happen and what happened instead" in body
+        assert not plan.data["needs_info"]  # a guess never starts the reminder-and-close lifecycle
+
+
+def test_uncertain_feature_like_report_is_not_asked_for_bug_details():
+    plan = decide(issue(DEMO[103]["title"], DEMO[103]["body"]), config(), LABELS, prediction("feature", 0.9), [],
+                  None, repo=REPO)
+    assert plan.data["missing"] == [] and comment_of(plan) is None
+    assert labels_of(plan) == ["needs-triage"]
+
+
+def test_comment_says_who_added_which_label():
+    plan = decide(issue(body="it does not work"), config(), LABELS, prediction("bug"), [], None, repo=REPO)
+    body = comment_of(plan).body
+    assert "I added the `bug` label" in body and "looks like a bug report and added" not in body
+    already = decide(issue(body="it does not work", labels=["bug"]), config(), LABELS, prediction("bug"), [], None,
+                     repo=REPO)
+    assert "already has the `bug` label" in comment_of(already).body and "I added" not in comment_of(already).body
+    unsure = decide(issue(body="it does not work"), config(), LABELS, prediction("bug", 0.3), [], None, repo=REPO)
+    assert "I added the `needs-triage` label" in comment_of(unsure).body
+
+
+def test_auto_comment_stays_quiet_when_there_is_nothing_for_the_author():
+    plan = decide(issue("Crash on BOM", COMPLETE_BUG), config(), LABELS, prediction("bug"), [], None, repo=REPO)
+    assert plan.data["missing"] == [] and comment_of(plan) is None and labels_of(plan) == ["bug"]
+    assert plan.data["commented"] is False
+    unsure = decide(issue("Crash on BOM", COMPLETE_BUG), config(), LABELS, prediction("bug", 0.4), [], None,
+                    repo=REPO)
+    assert comment_of(unsure) is None and labels_of(unsure) == ["needs-triage"]
+
+
+@pytest.mark.parametrize("extra", [
+    {"duplicates": [{"number": 3, "title": "Crash on BOM files"}]},
+    {"cached_answer": {"answer": "Save the file without a BOM.", "number": 2}},
+    {"earlier_comment": True},
+])
+def test_auto_comment_speaks_when_it_has_something_for_the_author(extra):
+    plan = decide(issue("Crash on BOM", COMPLETE_BUG), config(), LABELS, prediction("bug"),
+                  extra.get("duplicates", []), extra.get("cached_answer"), repo=REPO,
+                  earlier_comment=extra.get("earlier_comment", False))
+    assert comment_of(plan) is not None and "@alice" in comment_of(plan).body
+
+
+def test_comment_always_in_config_comments_on_every_issue():
+    plan = decide(issue("Crash on BOM", COMPLETE_BUG), config(comment="always"), LABELS, prediction("bug"), [],
+                  None, repo=REPO)
+    assert comment_of(plan) is not None and "I added the `bug` label" in comment_of(plan).body
+
+
+def test_model_summary_only_with_summary_model_and_only_when_it_uses_the_authors_words():
+    body = "After updating to 2.0 the export button does nothing when I click it."
+    faithful = prediction("bug", summary="Export button does nothing after updating to 2.0.")
+    invented = prediction("bug", summary="The database migration corrupts user accounts on startup.")
+    quoted = decide(issue("Export broken", body), config(), LABELS, faithful, [], None, repo=REPO)
+    assert "Export button does nothing after updating" not in comment_of(quoted).body
+    assert plan_summary(quoted) == (body, True)
+    model = decide(issue("Export broken", body), config(summary="model"), LABELS, faithful, [], None, repo=REPO)
+    assert plan_summary(model) == ("Export button does nothing after updating to 2.0.", False)
+    assert "written by a model" in comment_of(model).body
+    guarded = decide(issue("Export broken", body), config(summary="model"), LABELS, invented, [], None, repo=REPO)
+    assert plan_summary(guarded) == (body, True) and "database" not in comment_of(guarded).body
+    off = decide(issue("Export broken", body), config(summary="off"), LABELS, faithful, [], None, repo=REPO)
+    assert plan_summary(off) == ("", False) and "In short" not in comment_of(off).body
+
+
+def plan_summary(plan):
+    return plan.data["summary"], plan.data["summary_quoted"]

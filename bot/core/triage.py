@@ -15,6 +15,7 @@ from typing import Any, Iterable, Mapping
 from bot.core import render
 from bot.core.plan import AddLabels, Comment, Plan, marker
 from bot.core.render import Safe
+from bot.core.summary import extractive_summary, faithful_enough
 
 TRIAGE_MARKER = marker("triage")
 
@@ -47,7 +48,8 @@ _LOGS = re.compile(
     r"|panic|segfault|warning:", re.IGNORECASE,
 )
 _USE_CASE = re.compile(r"use ?case|because|so that|in order to|would (?:like|love|be (?:nice|useful|great))"
-                       r"|motivation|need to|want to|currently|workaround|problem", re.IGNORECASE)
+                       r"|motivation|need to|want to|currently|workaround|problem|have to|would (?:let|allow|make|help)"
+                       r"|so (?:I|we|you) can|I'd (?:like|love)|for example|e\.g\.", re.IGNORECASE)
 
 
 def missing_information(kind: str, title: str, body: str, model_missing: Iterable[str] = ()) -> list[str]:
@@ -129,39 +131,59 @@ def _answer_text(cached_answer: Any) -> Safe:
     return render.line(text, 500)
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-_ENVIRONMENT = re.compile(r"^(version|os|environment|platform|steps|expected|actual|python|node)\b", re.I)
-_NOISE_LINE = re.compile(r"^\s*(#|>|[-*] \[[ xX]\]|\||<!--|```|~~~|\s{4})")
+COMMENT_MODES = ("auto", "always", "never")
+SUMMARY_MODES = ("extractive", "model", "off")
+
+# Words of a report that something went wrong, whatever kind the classifier settles on.
+_PROBLEM = re.compile(
+    r"\b(?:does(?:n't| not) work|not working|(?:stopped|stops|no longer|doesn't|does not|won't|will not|can't|"
+    r"cannot|can not|unable to)\s+\w+|does nothing|nothing happens|broken|break[s]?|crash\w*|error\w*|"
+    r"fail\w*|exception|bug|regression|wrong|incorrect|hangs?|freez\w*|stuck)\b", re.IGNORECASE)
 
 
-def extractive_summary(body: str, max_length: int = 200) -> str:
-    """The author's own first substantive sentence (headings, quotes, checklists, code skipped).
+def looks_like_problem(title: str, body: str) -> bool:
+    """Does the report say something went wrong (crash, error, "doesn't work", "does nothing")?"""
+    return bool(_PROBLEM.search(f"{title}\n{body or ''}"))
 
-    The bundled 135M model writes summaries that read well and can be wrong; quoting the author is
-    never wrong, so it is the default and a model summary is used only when one was asked for."""
-    in_code = False
-    for line in (body or "").splitlines():
-        stripped = line.strip()
-        if stripped.startswith(("```", "~~~")):
-            in_code = not in_code
-            continue
-        if in_code or not stripped or _NOISE_LINE.match(line) or len(stripped.split()) < 4 \
-                or _ENVIRONMENT.match(stripped):
-            continue
-        sentence = _SENTENCE_END.split(stripped, maxsplit=1)[0]
-        return one_line(sentence, max_length)
-    return ""
+
+def comment_mode(value: Any) -> str:
+    """``triage.comment`` as one of COMMENT_MODES (``true`` is ``auto``, ``false`` is ``never``)."""
+    if value is True:
+        return "auto"
+    if value is False or value is None:
+        return "never"
+    return value if value in COMMENT_MODES else "auto"
+
+
+def choose_summary(mode: str, title: str, body: str, model_summary: str = "", no_ai: bool = False
+                   ) -> tuple[str, bool]:
+    """The summary for the comment and whether it quotes the author (``True``) or is the model's words.
+
+    ``extractive`` (the default) and ``no_ai`` quote the author (``bot.core.summary``); ``model`` uses the
+    model's summary when it passes ``faithful_enough`` and quotes the author otherwise; ``off`` gives none."""
+    if mode == "off":
+        return "", False
+    if mode == "model" and model_summary and not no_ai and faithful_enough(model_summary, title, body):
+        return model_summary, False
+    quote = extractive_summary(body, title)
+    return quote, bool(quote)
 
 
 def decide(issue: dict[str, Any], config_section: dict[str, Any], repo_labels: set[str], prediction: Any,
            duplicates: list[Any] | None = None, cached_answer: Any = None, *, repo: str = "",
-           no_ai: bool = False) -> Plan:
+           no_ai: bool = False, earlier_comment: bool = False) -> Plan:
     """The triage plan for one issue.
 
     ``prediction`` is a ``bot.models.base.Prediction`` (or ``None`` when no model ran). A prediction is
     acted on only when it is valid, not ``uncertain`` and at or above ``config_section['threshold']`` (or
     came from the escalated fallback); otherwise only the needs-triage label is applied. ``no_ai`` leaves
     model-written text (the summary) out of the comment.
+
+    The missing-information checklist runs whatever the kind decision: a vague report that says something
+    went wrong is asked for the bug checklist even when the kind is uncertain. With ``comment: auto`` (the
+    default) the comment is posted only when it holds something for the author (missing information,
+    possible duplicates, an earlier answer), or to update an ``earlier_comment`` the bot already posted;
+    ``always`` posts it on every issue, ``never`` (or ``false``) never.
     """
     number = int(issue.get("number") or 0)
     author = str((issue.get("user") or {}).get("login") or issue.get("author") or "")
@@ -196,24 +218,32 @@ def decide(issue: dict[str, Any], config_section: dict[str, Any], repo_labels: s
     new_labels = tuple(label for label in labels if label.lower() not in present)
 
     missing: list[str] = []
-    if confident and config_section.get("ask_for_missing", True):
-        missing = missing_information(kind, title, body, _field(prediction, "missing", []) or [])
+    guessed = ""   # the checklist asked for on an uncertain kind: the author is asked all the same
+    if config_section.get("ask_for_missing", True):
+        model_missing = _field(prediction, "missing", []) or [] if prediction is not None else []
+        if confident:
+            missing = missing_information(kind, title, body, model_missing)
+        elif looks_like_problem(title, body) or kind == "bug":
+            guessed, missing = "bug", missing_information("bug", title, body)
+        elif kind == "feature":
+            guessed, missing = "feature", missing_information("feature", title, body, model_missing)
+    # The needs-info lifecycle (reminder, then close) starts only on a decided bug, never on a guess.
     needs_info = kind == "bug" and any(item in missing for item in ESSENTIAL_FOR_BUG) if confident else False
 
     plan = Plan(reason=f"triage: {why}")
     if new_labels:
         plan.add(AddLabels(issue=number, labels=new_labels))
     model_summary = one_line(_field(prediction, "summary", "") or "", 300) if prediction is not None else ""
-    if no_ai:
-        summary = ""
-    elif model_summary:
-        summary = model_summary
-    else:
-        summary = extractive_summary(body) if config_section.get("summary", "extractive") != "off" else ""
-    if config_section.get("comment", True):
-        body_text = _comment(author=author, confident=confident, kind=kind, labels=labels, summary=summary,
-                             quoted=bool(summary) and not model_summary,
-                             missing=missing, duplicates=duplicates or [], cached_answer=cached_answer)
+    summary, quoted = choose_summary(str(config_section.get("summary", "extractive")), title, body,
+                                     model_summary, no_ai)
+    dup_lines = _duplicate_lines(duplicates or [])
+    answer = _answer_text(cached_answer)
+    for_the_author = bool(missing or dup_lines or answer)
+    mode = comment_mode(config_section.get("comment", "auto"))
+    if mode == "always" or (mode == "auto" and (for_the_author or earlier_comment)):
+        body_text = _comment(author=author, confident=confident, kind=kind, labels=labels,
+                             added=[label for label in labels if label in new_labels], summary=summary,
+                             quoted=quoted, missing=missing, guessed=guessed, dup_lines=dup_lines, answer=answer)
         plan.add(Comment(issue=number, body=render.join("\n", [TRIAGE_MARKER, body_text]), marker=TRIAGE_MARKER))
     plan.data = {
         "kind": kind if confident else None,
@@ -225,15 +255,22 @@ def decide(issue: dict[str, Any], config_section: dict[str, Any], repo_labels: s
         "missing": missing,
         "needs_info": needs_info,
         "summary": summary,
+        "summary_quoted": quoted,
+        "commented": any(isinstance(action, Comment) for action in plan.actions),
         "uncertain": not confident,
     }
     return plan
 
 
-def _comment(*, author: str, confident: bool, kind: str | None, labels: list[str], summary: str,
-             quoted: bool = False,
-             missing: list[str], duplicates: list[Any], cached_answer: Any) -> Safe:
-    """The first-response text. Short: what, why, what's missing, where next.
+KIND_NAMES = {"bug": "a bug report", "feature": "a feature request", "question": "a question",
+              "docs": "a documentation issue"}
+
+
+def _comment(*, author: str, confident: bool, kind: str | None, labels: list[str], added: list[str],
+             summary: str, quoted: bool, missing: list[str], guessed: str, dup_lines: list[Safe],
+             answer: Safe) -> Safe:
+    """The first-response text, written to the author: what the bot did (in the first person), what it
+    needs from them, and what it found. Short.
 
     Our wording is the template; the summary, duplicate titles, the earlier answer and label names
     are values rendered by ``bot.core.render``, so none of them can mention, link or embed anything.
@@ -245,34 +282,45 @@ def _comment(*, author: str, confident: bool, kind: str | None, labels: list[str
         greeting = fmt("Thanks for opening this issue!")
     lines: list[Safe] = [greeting, render.EMPTY]
     if summary:
-        if quoted:  # the author's own sentence, not the bot's reading of it
+        if quoted:  # the author's own words, chosen from the body; not the bot's reading of it
             lines += [fmt("**In short:** “{summary}”", summary=render.line(summary, 500)), render.EMPTY]
         else:
-            lines += [fmt("**What I understood:** {summary}", summary=render.line(summary, 500)), render.EMPTY]
+            lines += [fmt("**What I understood** (written by a model, may be wrong): {summary}",
+                          summary=render.line(summary, 500)), render.EMPTY]
+    label = labels[0] if labels else ""
     if confident and kind:
-        label_text = fmt(" and added the {label} label", label=render.code(labels[0])) if labels else render.EMPTY
-        what = {"bug": "a bug report", "feature": "a feature request", "question": "a question",
-                "docs": "a documentation issue"}.get(kind, "an issue outside the usual kinds")
-        lines += [fmt("**Kind:** this looks like " + what + "{label_text}.", label_text=label_text), render.EMPTY]
+        what = KIND_NAMES.get(kind, "an issue outside the usual kinds")
+        if label and label in added:
+            line = fmt("I think this is " + what + ", so I added the {label} label.", label=render.code(label))
+        elif label:
+            line = fmt("I think this is " + what + "; it already has the {label} label.", label=render.code(label))
+        else:
+            line = fmt("I think this is " + what + ".")
+    elif label and label in added:
+        line = fmt("I couldn't tell for sure what kind of issue this is, so I added the {label} label for a "
+                   "maintainer to sort it out.", label=render.code(label))
     else:
-        label_text = fmt(" I added {label} so a maintainer can take a look.", label=render.code(labels[0])) \
-            if labels else fmt(" A maintainer will take a look.")
-        lines += [fmt("I'm not sure what kind of issue this is, so I won't guess.{label_text}",
-                      label_text=label_text), render.EMPTY]
+        line = fmt("I couldn't tell for sure what kind of issue this is, so I left that to a maintainer.")
+    lines += [line, render.EMPTY]
     checklist = {**BUG_CHECKLIST, **FEATURE_CHECKLIST}
-    if missing:
-        lines.append(fmt("**To help a maintainer act on it, could you add:**"))
-        lines += [fmt("- [ ] " + checklist[item]) for item in missing if item in checklist]
+    items = [fmt("- " + checklist[item]) for item in missing if item in checklist]
+    if items:
+        if guessed == "bug":
+            lines.append(fmt("If something isn't working as it should, a maintainer will need a few details to "
+                             "look into it. Could you edit the issue or reply with:"))
+        elif confident and kind == "bug":
+            lines.append(fmt("To look into it, a maintainer will need a few more details. Could you edit the "
+                             "issue or reply with:"))
+        else:
+            lines.append(fmt("To help a maintainer decide on it, could you edit the issue or reply with:"))
+        lines += items
         lines.append(render.EMPTY)
-    dup_lines = _duplicate_lines(duplicates)
     if dup_lines:
-        lines.append(fmt("**Possibly related issues:**"))
+        lines.append(fmt("These earlier issues may be about the same thing (if one of them is, please say so):"))
         lines += dup_lines
         lines.append(render.EMPTY)
-    answer = _answer_text(cached_answer)
     if answer:
         lines += [fmt("**An earlier answer that may help:** {answer}", answer=answer), render.EMPTY]
-    lines.append(fmt("Comment `/help` to see what I can do."))
-    lines.append(render.EMPTY)
-    lines.append(fmt("_This is an automated first response; a maintainer will follow up._"))
+    lines.append(fmt("_I'm a bot, and this is an automatic first response. Comment `/help` to see what I can "
+                     "do._"))
     return render.join("\n", lines)

@@ -15,10 +15,10 @@ from typing import Any
 
 from gidgethub.routing import Router
 
-from bot.actions import apply, repo_labels
+from bot.actions import apply, find_marked_comment, repo_labels
 from bot.core import render
 from bot.core.plan import AddLabels, Comment, CreateLabel, marker
-from bot.core.triage import decide
+from bot.core.triage import TRIAGE_MARKER, comment_mode, decide
 from bot.db import has_flag, kv_get, kv_set
 from bot.features import shadow
 from bot.models.base import IssueText, Prediction
@@ -109,18 +109,24 @@ async def run_triage(ctx, issue: dict | int, *, actor: str | None = None, rerun:
                                 summary="", valid=True)
     setup = shadow.candidate_of(config) if ctx.models is not None else None  # a candidate setup to try
     canary = False
-    decide_with = config
+    mode = summary_mode(ctx, config)
+    decide_with = {**config, "summary": mode}
     if cached is None and setup is not None and shadow.selected_for_canary(ctx.repo, number, config):
         try:  # a canary issue: the candidate setup decides, and is applied
-            prediction = await predict(ctx, issue, **shadow.predict_kwargs(ctx, setup))
-            canary, decide_with = True, shadow.decide_config(config, setup)
+            prediction = await predict(ctx, issue, summary=mode, **shadow.predict_kwargs(ctx, setup))
+            canary, decide_with = True, {**shadow.decide_config(config, setup), "summary": mode}
         except Exception:  # noqa: BLE001 - a broken candidate falls back to the current setup
             log.exception("canary candidate failed; using the current setup",
                           extra={"repo": ctx.repo, "delivery": ctx.delivery_id})
     if cached is None and not canary:
-        prediction = await predict(ctx, issue)
+        prediction = await predict(ctx, issue, summary=mode)
     no_ai = has_flag(ctx.db, ctx.repo, number, "no-ai")
     plan = decide(issue, decide_with, labels, prediction, duplicates, cached, repo=ctx.repo, no_ai=no_ai)
+    if rerun and not plan.data["commented"] and comment_mode(config.get("comment")) == "auto" \
+            and await find_marked_comment(ctx, number, TRIAGE_MARKER) is not None:
+        # Nothing to ask any more, but the earlier comment may still ask for it: bring it up to date.
+        plan = decide(issue, decide_with, labels, prediction, duplicates, cached, repo=ctx.repo, no_ai=no_ai,
+                      earlier_comment=True)
     needs_info = ctx.config.section("lifecycle")["needs_info"]
     asked = any(isinstance(action, Comment) for action in plan.actions)
     if plan.data.get("needs_info") and asked and needs_info.get("enabled", True):
@@ -140,6 +146,19 @@ async def run_triage(ctx, issue: dict | int, *, actor: str | None = None, rerun:
     kv_set(ctx.db, f"triaged:{ctx.repo}#{number}", {"text": _text(issue), "at": time.time()})
     log.info("triaged #%s: %s", number, plan.reason, extra={"repo": ctx.repo, "delivery": ctx.delivery_id})
     return plan.data
+
+
+def summary_mode(ctx, config: dict) -> str:
+    """``triage.summary`` as it applies here: ``model`` needs a bigger local model than the bundled one.
+
+    The bundled SmolLM2-135M wrote 5 bad summaries in 10 (issue #12), so abstractive summaries need the
+    operator's LOCAL_MODEL_PATH; without it a repo's ``summary: model`` quotes the author instead."""
+    mode = str(config.get("summary") or "extractive")
+    if mode == "model" and not getattr(ctx.models, "abstractive_summaries", False):
+        log.info("triage.summary is 'model' but no LOCAL_MODEL_PATH is configured: quoting the author",
+                 extra={"repo": ctx.repo, "delivery": ctx.delivery_id})
+        return "extractive"
+    return mode
 
 
 def _text(issue: dict) -> str:

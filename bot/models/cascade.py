@@ -83,6 +83,9 @@ class Cascade:
         self.budget = budget or DailyBudget(db)
         self.llm_weight = llm_weight
         self.prompt = prompt or load_prompt("triage")
+        self.abstractive_summaries = False
+        """May ``triage.summary: model`` use this cascade's summaries? Set by the factory: only for a
+        model the operator chose (LOCAL_MODEL_PATH, or one handed in), not the bundled 135M GGUF."""
         self.candidates: dict[str, Cascade] = {}
         """Candidate cascades by GGUF path (see :meth:`candidate`); tests may put their own here."""
         self.candidate_dirs: list[str] = []

@@ -46,6 +46,8 @@ def build_cascade(settings: Any, db: Any, *, metrics: Any = None, local: Model |
     budget = DailyBudget(db, max_calls=getattr(settings, "fallback_max_calls_per_day", None),
                          max_cost=getattr(settings, "fallback_max_cost_per_day", None))
     cascade = Cascade(local=local, remote=remote, classifiers=classifier_loader(db), db=db, budget=budget)
+    # `triage.summary: model` only with a model the operator chose: the bundled 135M one invents too often.
+    cascade.abstractive_summaries = bool(getattr(settings, "local_model_path", None))
     # A repo's `triage.candidate.model_path` may only name a GGUF the operator put here (CANDIDATE_MODEL_DIR).
     cascade.candidate_dirs = [d for d in (getattr(settings, "candidate_model_dir", None),) if d]
     return cascade
@@ -67,4 +69,6 @@ def wrap(model: Any, db: Any, settings: Any = None) -> Cascade:
             if model.budget.max_cost is None:
                 model.budget.max_cost = getattr(settings, "fallback_max_cost_per_day", None)
         return model
-    return Cascade(local=model, remote=None, classifiers=classifier_loader(db), db=db)
+    cascade = Cascade(local=model, remote=None, classifiers=classifier_loader(db), db=db)
+    cascade.abstractive_summaries = True  # a model handed in explicitly (tests, evals) is the operator's choice
+    return cascade
