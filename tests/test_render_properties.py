@@ -128,6 +128,10 @@ def triage_comment(title: str = "It crashes", body: str = "", summary: str = "",
     prediction = Prediction(kind=kind, confidence=0.95, probs={k: 0.95 if k == kind else 0.0 for k in KINDS},
                             tier="combined", summary=summary)
     section = copy.deepcopy(DEFAULTS["triage"])
+    # Always a comment, and the model's summary when one is given: the most text to check.
+    section.update(comment="always", summary="model" if summary else "extractive")
+    if summary:  # the summary's words in the body too, so the faithfulness guard lets the model's text through
+        body = f"{body}\n{summary}"
     plan = triage_decide({"number": 7, "title": title, "body": body, "user": {"login": AUTHOR}, "labels": []},
                          section, {"bug", "enhancement", "question", "needs-triage"}, prediction,
                          list(duplicates), answer, repo=REPO)

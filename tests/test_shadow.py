@@ -108,7 +108,8 @@ async def test_canary_applies_the_candidate_only_on_selected_issues_and_selectio
                                                                                           fake_model):
     # The current threshold (0.85) leaves a 0.80 bug unlabelled; the candidate (0.75) labels it.
     fake_model.default = Prediction(kind="bug", confidence=0.8, summary="Saving crashes.")
-    _configure(bot, standin, "  canary: 50\n  candidate:\n    mode: canary\n    threshold: 0.75\n")
+    # comment: always, so the re-delivery below can show it edits the one comment rather than adding one.
+    _configure(bot, standin, "  comment: always\n  canary: 50\n  candidate:\n    mode: canary\n    threshold: 0.75\n")
     issues = [await _open(bot, standin, title=f"Crash when saving {i}") for i in range(10)]
     selected = {i["number"] for i in issues if learning.in_canary(REPO, i["number"], 50)}
     assert selected and len(selected) < len(issues)

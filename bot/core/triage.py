@@ -316,7 +316,7 @@ def _comment(*, author: str, confident: bool, kind: str | None, labels: list[str
         lines += items
         lines.append(render.EMPTY)
     if dup_lines:
-        lines.append(fmt("These earlier issues may be about the same thing (if one of them is, please say so):"))
+        lines.append(fmt("**Possibly related issues:**"))
         lines += dup_lines
         lines.append(render.EMPTY)
     if answer:
