@@ -33,7 +33,7 @@ _SKIP_LINE = re.compile(
 )
 # Lines that are output, not prose: stack frames, tracebacks, log lines, prompts, key=value dumps.
 _LOG_LINE = re.compile(
-    r"^\s*(?:at\s+[\w.$<>]+[.(]|File \"|Traceback\b|[\w.]*(?:Error|Exception|Warning)\b:|\$ |>>> |C:\\|/usr/"
+    r"^\s*(?:-+> |at\s+[\w.$<>]+[.(]|File (?:[\"\[]|\S+:\d+)|Cell In ?\[|Traceback\b|[\w.]*(?:Error|Exception|Warning)\b:|\$ |>>> |C:\\|/usr/"
     r"|\[?\d{4}-\d\d-\d\d[ T]\d|\[?\d\d:\d\d:\d\d|(?:INFO|DEBUG|WARN|WARNING|ERROR|FATAL|TRACE)\b"
     r"|E\d{4}|\w+(?:\.\w+)+\(.*\)\s*$|[\w.-]+==\d)",
 )
@@ -54,6 +54,7 @@ _SIDE_SECTION = re.compile(r"reproduc|steps|code|alternative|workaround|addition
 # Sections where authors state the issue itself: their sentences count a little more.
 _MAIN_SECTION = re.compile(r"describ|description|summary|problem|current behaviou?r|what happened|"
                            r"feature request|the bug|issue|question|motivation|proposal", re.IGNORECASE)
+_TEMPLATE_HEADING = re.compile(r"^#{2,6} [A-Z]")
 _IMAGE = re.compile(r"!\[[^\]]*\]\([^)]*\)|<img\b[^>]*>", re.IGNORECASE)
 _LINK = re.compile(r"\[([^\]]+)\]\((?:[^()\s]|\([^()\s]*\))+\)")
 _LIST_MARKER = re.compile(r"^\s*(?:[-*+]|\d{1,3}[.)]|[a-zA-Z][.)](?=\s))\s+")
@@ -65,7 +66,7 @@ _GREETING = re.compile(
     r"first of all|i hope|hope you|any (?:help|ideas?|suggestions?)|please help|please fix|kind regards|regards|"
     r"best|looking forward|let me know|sorry)\b", re.IGNORECASE)
 _TEMPLATE_TEXT = re.compile(
-    r"^(?:a clear and concise description|describe the (?:bug|issue|feature|problem|solution)|"
+    r"^(?:a clear and concise description|do you want to request|describe the (?:bug|issue|feature|problem|solution)|"
     r"is your feature request related|steps to reproduce|to reproduce|expected behaviou?r|"
     r"additional context|provide (?:a|the)|please (?:provide|describe|make sure|search|include|fill|check)|"
     r"if applicable|this template|system information|which version|what (?:version|happened|did you)|"
@@ -126,11 +127,15 @@ def candidate_sentences(body: str) -> list[_Sentence]:
             blocks.append((" ".join(current), section or 1.0))
             current.clear()
 
+    previous = ""
     for line in text.split("\n"):
+        line_before, previous = previous, line
         if _FENCE.match(line):
             in_code = not in_code
             flush()
             continue
+        if in_code and not line_before.strip() and _TEMPLATE_HEADING.match(line):
+            in_code = False   # an unclosed fence: a template's "### Section" after a blank line ends it
         heading = None if in_code else _HEADING.match(line)
         if heading:
             flush()
