@@ -111,7 +111,7 @@ def test_warnings_name_the_exact_key_path_and_the_rest_of_the_section_stays():
     assert "triage.threshold: expected a number, got 'abc'; using the default (0.93)" in config.warnings
     assert "triage.labels.bug: expected a string, got 5; using the default ('bug')" in config.warnings
     triage = config.section("triage")
-    assert triage["threshold"] == 0.93 and triage["comment"] is False  # the bad key alone fell back
+    assert triage["threshold"] == 0.93 and triage["comment"] == "never"  # the bad key alone fell back; false reads as never
     assert triage["labels"]["bug"] == "bug" and triage["labels"]["security"] == "sec"
     assert triage["labels"]["feature"] == "enhancement"  # kinds the file leaves out keep their label
 
