@@ -39,11 +39,15 @@ from bot.index.text import STOPWORDS, clean_body, content_terms
 
 MAX_TERMS = 16        # query terms kept (title and body), rarest first, after stemming/dedup
 MAX_DF_FRACTION = 0.2  # terms in more than this share of the index are dropped (slow and unspecific)
+MIN_DF_CAP = 50       # ... but never for fewer documents than this: in a repository of ten issues every shared
+                      # word is in 20% of them (the query issue itself counts), and dropping them all left an
+                      # obvious duplicate with no lexical match at all
 MAX_POSTINGS = 40_000  # cap on the summed document frequency of the query terms (rarest kept): bounds the
                        # FTS5 cost at 100k issues; never binds on the 8.5k dev pool (p99 7,300)
 TITLE_WEIGHT = 3.0
 BODY_WEIGHT = 1.0
 POOL = 50            # candidates taken from each retriever before reranking
+TITLE_POOL = True    # add the title-to-title retriever's top POOL to the candidates
 FTS_OVERFETCH = 4    # FTS5-only ranking fetches this many times POOL before the repo/time filter
 ALPHA = 0.4          # legacy linear fusion weight (kept for the `fused` feature/diagnostics)
 
@@ -53,7 +57,7 @@ ALPHA = 0.4          # legacy linear fusion weight (kept for the `fused` feature
 # is the marked original; candidates are ordered by it.
 FEATURES = ("bm25_norm", "bm25_per_term", "bm25_rr", "bm25_title_pt", "bm25_body_pt", "cosine", "cosine_rel",
             "vector_rr", "title_jaccard", "title_idf", "terms_idf", "error_lines", "error_codes", "identifiers",
-            "identifiers_jaccard", "log_days")
+            "identifiers_jaccard", "log_days", "title_rr")
 SHIPPED_MODEL = "wordllama-256"
 COEFS: dict[str, tuple[float, ...]] = {
     # (bias, *weights in FEATURES order). `--fit` on 374 strict + 102 loose rust-lang/rust pairs and 500
@@ -70,6 +74,13 @@ LEGACY_MINILM_COEF = (-5.974, 2.234, 1.207, 0.247, 1.779, 3.528)
 # Precision >= 0.9 is NOT reached at any threshold with >= 1% recall on held-out pairs (best ~0.55), so each
 # threshold is the one with the best held-out top-1 precision among those with >= 1% recall (see the doc).
 THRESHOLDS: dict[str, float] = {"wordllama-256": 0.47, "bm25": 0.40}
+# Whether to *say* anything: the top candidate's confidence = a logistic over its score's logit and its
+# margin (logit) over the runner-up. A clear winner is far more often right than a close call, and the
+# margin is what makes the score work in a repository of ten issues (the best of ten is not a duplicate
+# because it is the best). Fitted on out-of-fold scores by `--fit`: (bias, w_logit, w_margin) per model.
+# A model without an entry uses its top score alone.
+CONFIDENCE: dict[str, tuple[float, float, float]] = {}
+RUNNER_UP_FLOOR = 1e-4  # the runner-up's score when there is none
 DEFAULT_THRESHOLD = THRESHOLDS[SHIPPED_MODEL]
 DEFAULT_THRESHOLD_BM25 = THRESHOLDS["bm25"]
 
@@ -144,7 +155,7 @@ def match_query(
     for i, (w, st) in enumerate(zip(words, stemmed)):
         first.setdefault(st, (w, i < n_title))
     df = _document_frequency(db, list(first))
-    limit = max(1.0, max_df_fraction * _corpus_size(db))
+    limit = max(float(MIN_DF_CAP), max_df_fraction * _corpus_size(db))
     kept = [(st, w, is_title) for st, (w, is_title) in first.items() if df.get(st, 0) <= limit]
     titles = sorted([k for k in kept if k[2]], key=lambda k: df.get(k[0], 0))[:max_terms]
     bodies = sorted([k for k in kept if not k[2]], key=lambda k: df.get(k[0], 0))[: max_terms - len(titles)]
@@ -244,6 +255,51 @@ def bm25_candidates(
     params += [TITLE_WEIGHT, BODY_WEIGHT, limit]
     rows = db.execute(sql, params).fetchall()
     return [(int(r[0]), *(float(v) for v in r[1:])) for r in rows], n_terms
+
+
+TITLE_TERMS = 8       # rarest title terms in the title-to-title query
+
+
+def title_candidates(
+    db: sqlite_utils.Database, repo: str, title: str, before: str | None = None, exclude: int | None = None,
+    limit: int = POOL,
+) -> list[int]:
+    """Title-to-title matching: earlier issues of ``repo`` whose *title* matches the query's title terms
+    (FTS5 column filter, the ``TITLE_TERMS`` rarest), best first. Two reports of one bug often share
+    their title's key words while their bodies differ (one pastes code, the other prose)."""
+    words = content_terms(title)
+    if not words:
+        return []
+    stemmed = stems(words)
+    first: dict[str, str] = {}
+    for w, st in zip(words, stemmed):
+        first.setdefault(st, w)
+    df = _document_frequency(db, list(first))
+    cap = max(float(MIN_DF_CAP), MAX_DF_FRACTION * _corpus_size(db))
+    kept = sorted((st for st in first if df.get(st, 0) <= cap), key=lambda st: df.get(st, 0))[:TITLE_TERMS]
+    if not kept:
+        return []
+    expression = "{title} : (" + " OR ".join(f'"{first[st]}"' for st in kept) + ")"
+    fetch = FTS_OVERFETCH * limit
+    hits = db.execute(
+        "SELECT rowid FROM issues_fts WHERE issues_fts MATCH ? ORDER BY bm25(issues_fts, 1, 0) LIMIT ?",
+        [expression, fetch],
+    ).fetchall()
+    if not hits:
+        return []
+    marks = ",".join("?" * len(hits))
+    where, extra = _visible("", before, exclude)
+    visible = dict(db.execute(f"SELECT rowid, number FROM issues WHERE rowid IN ({marks}) AND repo = ?{where}",
+                              [h[0] for h in hits] + [repo] + extra).fetchall())
+    out = [int(visible[h[0]]) for h in hits if h[0] in visible][:limit]
+    if len(out) >= limit or len(hits) < fetch:
+        return out
+    where, extra = _visible("i.", before, exclude)
+    rows = db.execute(
+        "SELECT i.number FROM issues_fts CROSS JOIN issues i ON i.rowid = issues_fts.rowid "
+        f"WHERE issues_fts MATCH ? AND i.repo = ?{where} ORDER BY bm25(issues_fts, 1, 0) LIMIT ?",
+        [expression, repo] + extra + [limit]).fetchall()
+    return [int(r[0]) for r in rows]
 
 
 class VectorMatrix:
@@ -390,6 +446,26 @@ def calibrated(features: dict, hybrid: bool | str = False) -> float:
     return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
 
 
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-6), 1 - 1e-6)
+    return math.log(p / (1 - p))
+
+
+def confidence(scores: Sequence[float], model: str | None) -> float:
+    """How sure we are that the best of ``scores`` (best first) is a duplicate at all: the model's
+    ``CONFIDENCE`` logistic over the top score's logit and its margin over the runner-up."""
+    if not scores:
+        return 0.0
+    key = model if model in COEFS else "bm25"
+    coef = CONFIDENCE.get(key)
+    if coef is None:
+        return float(scores[0])
+    top = _logit(scores[0])
+    margin = top - _logit(scores[1] if len(scores) > 1 else RUNNER_UP_FLOOR)
+    z = coef[0] + coef[1] * top + coef[2] * margin
+    return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
+
+
 def threshold_for(model: str | None) -> float:
     """The calibrated default threshold for a vector model (None / unknown: BM25 alone)."""
     key = model if model in COEFS else "bm25"
@@ -415,6 +491,7 @@ def rank(
     n_terms = 0
     if mode in ("hybrid", "bm25"):
         lexical, n_terms = bm25_candidates(db, repo, title, search_body, created_at, number, with_columns=True)
+    titled = title_candidates(db, repo, title, created_at, number) if mode in ("hybrid", "bm25") and TITLE_POOL else []
     matrix = None
     semantic: list[tuple[int, float]] = []
     use_vectors = query_vector is not None and mode in ("hybrid", "vector")
@@ -424,11 +501,12 @@ def rank(
         semantic = matrix.search(query_vector, created_at, number)
     # An embedder without fitted coefficients is scored by the BM25 model (its vector weights are 0).
     model_key = vector_model if use_vectors and vector_model in COEFS else "bm25"
-    pool = list(dict.fromkeys([r[0] for r in lexical] + [n for n, _ in semantic]))
+    pool = list(dict.fromkeys([r[0] for r in lexical] + [n for n, _ in semantic] + titled))
     if not pool:
         return []
     lex = {r[0]: (i, r) for i, r in enumerate(lexical)}
     sem = {n: i for i, (n, _) in enumerate(semantic)}
+    tit = {n: i for i, n in enumerate(titled)}
     top_bm25 = lexical[0][1] if lexical and lexical[0][1] > 0 else 1.0
     cosines = {n: (matrix.cosine(query_vector, n) if matrix is not None else None) for n in pool}
     best_cos = max((c for c in cosines.values() if c is not None), default=0.0)
@@ -473,6 +551,7 @@ def rank(
             "identifiers": min(5, len(query_sig["idents"] & sig["idents"])),
             "identifiers_jaccard": len(query_sig["idents"] & sig["idents"]) / max(1, len(query_sig["idents"] | sig["idents"])),
             "log_days": math.log1p(max(0.0, days)),
+            "title_rr": 1.0 / (1 + tit[n]) if n in tit else 0.0,
         }
         fused = ALPHA * s / top_bm25 + (1 - ALPHA) * (cos or 0.0) if use_vectors else s / top_bm25
         reasons = []
@@ -513,8 +592,12 @@ def find_duplicates(
         db, repo, title, body, created_at=created_at, number=number, templates=templates,
         query_vector=query_vector, vector_model=vector_model, limit=max(10, max_candidates),
     )
+    model = vector_model if query_vector is not None else None
     if threshold is None:
-        threshold = threshold_for(vector_model if query_vector is not None else None)
-    chosen = [c for c in ranked if c.score >= threshold]
-    chosen.sort(key=lambda c: -c.score)
+        threshold = threshold_for(model)
+    if not ranked or confidence([c.score for c in ranked], model) < threshold:
+        return []
+    # The top candidate is confident enough to mention; others come along only if they score as high
+    # as the top is required to be sure (a second report of the same bug is often a duplicate too).
+    chosen = [ranked[0]] + [c for c in ranked[1:] if c.score >= threshold]
     return chosen[:max_candidates]
