@@ -46,14 +46,6 @@ _SIGNAL_LINE = re.compile(
     r"(error(\[E\d{4}\])?:|panicked at|internal compiler error|assert|abort|segmentation fault|stack overflow|"
     r"fatal|\b[A-Za-z_][A-Za-z0-9_]*(Error|Exception|Warning)\b|^\s*File \"[^\"]+\", line \d+)", re.I)
 MAX_SIGNAL_LINES = 5
-# Code-aware tokens: CamelCase words, snake_case names, a::b / a.b.c paths and file names. FTS5's
-# unicode61 tokenizer already splits ``font_family`` and ``a::b`` at the punctuation, but keeps
-# ``NonMatchingChecksumError`` whole; the signature adds its parts so "checksum error" finds it too.
-_CODE_IDENT = re.compile(
-    r"[A-Za-z_][A-Za-z0-9_]*(?:(?:::|\.)[A-Za-z_][A-Za-z0-9_]*)+|[A-Za-z][a-z0-9]+(?:[A-Z][a-z0-9]+)+[A-Za-z0-9]*|"
-    r"[A-Z]{2,}[a-z][A-Za-z0-9]+|[a-z][a-z0-9]*_[a-z0-9_]+|\b\w+\.(?:rs|py|pyx|js|ts|tsx|c|cc|cpp|h|hpp|go|java|rb|toml|json|ya?ml)\b")
-_CAMEL_PART = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z0-9]+|[A-Z]+")
-MAX_SIGNATURE_TOKENS = 40
 
 
 def fold(text: str) -> str:
@@ -140,32 +132,9 @@ def strip_code(body: str, keep_error_lines: bool = True) -> str:
     return _URL.sub(" ", body)
 
 
-def code_signature(text: str, limit: int = MAX_SIGNATURE_TOKENS) -> str:
-    """Code-aware tokens of ``text`` (code blocks included): identifiers, paths and file names, each
-    followed by its CamelCase parts, de-duplicated, at most ``limit`` identifiers. Keeps what a second
-    report of the same bug shares with the first even when its prose differs (``pdf_writer.py``,
-    ``render_chart``, ``NonMatchingChecksumError`` -> ``non matching checksum error``)."""
-    out: dict[str, None] = {}
-    for ident in _CODE_IDENT.findall(_URL.sub(" ", (text or "")[:20_000])):
-        if len(out) >= limit:
-            break
-        if len(ident) < 5 or ident in out:
-            continue
-        out[ident] = None
-        for part in re.split(r"[_.:]+", ident):
-            pieces = _CAMEL_PART.findall(part)
-            if len(pieces) > 1:
-                out.setdefault(" ".join(p.lower() for p in pieces), None)
-    return " ".join(out)
-
-
 def clean_body(body: str, templates: Iterable[str] | frozenset[str] = frozenset()) -> str:
-    """The body as used for matching: template and code removed, error lines kept, plus a last line of
-    code-aware tokens (:func:`code_signature`) from the whole body, code blocks included."""
-    body = strip_template(body or "", templates)
-    signature = code_signature(body)
-    cleaned = strip_code(body)
-    return cleaned + ("\n" + signature if signature else "")
+    """The body as used for matching: template and code removed, error lines kept."""
+    return strip_code(strip_template(body or "", templates))
 
 
 def head_tokens(text: str, max_tokens: int) -> str:
