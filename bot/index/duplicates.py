@@ -10,13 +10,20 @@ writes. Only issues of the same repo created *before* the query issue are candid
    inside FTS5, then filtered to the repo and time window.
 2. Vectors: cosine between the query's embedding and every earlier issue of the repo (a per-repo
    float32 matrix held in memory, reloaded when ``index_meta.vector_version`` changes).
-3. Rerank: the union of both top ``POOL`` lists is scored by a logistic model over ``FEATURES`` (BM25
+3. Title-to-title: an FTS5 query on the title column alone with the query's rarest title terms.
+4. Rerank: the union of the three top ``POOL`` lists is scored by a logistic model over ``FEATURES`` (BM25
    score/rank, title/body BM25, cosine, title and IDF-weighted term overlap, shared error lines, error
    codes and code identifiers, days between the issues), fitted per vector model (``COEFS``; "bm25" when
    there are no vectors) by ``python -m bot eval duplicates --fit`` with 2-fold cross-validation. ``score``
    reads as the probability that the candidate is the marked original; ``THRESHOLDS`` are the per-model
    comment thresholds chosen on held-out data (docs/benchmarks-duplicates.md: precision 0.9 is NOT
    reachable on the dev data; the thresholds are the best held-out precision at >= 1% recall).
+5. Say it or not: :func:`confidence` of the top candidate (its score and its margin over the runner-up,
+   a second logistic fitted out-of-fold) must reach the threshold before anything is mentioned; the
+   margin is what keeps the best of ten issues in a small repository from being offered by default.
+
+Terms found in fewer than ``MIN_DF_CAP`` documents are never dropped as too common, so a repository of
+a few issues still matches the words two reports share.
 """
 from __future__ import annotations
 
@@ -62,24 +69,28 @@ SHIPPED_MODEL = "wordllama-256"
 COEFS: dict[str, tuple[float, ...]] = {
     # (bias, *weights in FEATURES order). `--fit` on 374 strict + 102 loose rust-lang/rust pairs and 500
     # training non-duplicates (disjoint from the 500 used for false alarms); held-out numbers in the doc.
-    "wordllama-256": (-5.9481, 2.8708, -0.0092, 1.1123, 0.3963, 0.1122, 1.3446, 2.4589, 0.5449, 0.2102, 1.1188,
-                      -1.1259, -0.0291, 1.2575, 0.1906, 0.8866, -0.3743),
-    "bm25": (-6.4567, 3.5886, -0.3091, 1.3137, 0.6106, 0.4037, 0.0, 0.0, 0.0, 0.7459, 0.9217, 0.1349, 0.1138,
-             1.1799, 0.2208, 0.8444, -0.404),
+    "wordllama-256": (-5.5964, 2.1817, 0.0307, 1.4449, 0.2818, 0.0912, 1.1653, 1.9915, 0.6184, 0.2065, 1.282,
+                      -0.7993, 0.0169, 1.2504, 0.1537, 0.7224, -0.3885, 0.1343),
+    "bm25": (-5.492, 2.1207, -0.2042, 1.8641, 0.3943, 0.3107, 0.0, 0.0, 0.0, 0.8076, 0.8458, 0.3721, 0.1582,
+             1.2351, 0.1787, 0.9662, -0.4199, 0.3434),
 }
 # Fitted with MiniLM cosines on the earlier 5-feature model (bias, cosine, title_overlap, bm25_per_term,
 # fused, margin); MiniLM is not shipped, so these are kept for reference only. An embedder without its own
 # entry in COEFS is ranked and scored with the "bm25" model (vector features ignored).
 LEGACY_MINILM_COEF = (-5.974, 2.234, 1.207, 0.247, 1.779, 3.528)
-# Precision >= 0.9 is NOT reached at any threshold with >= 1% recall on held-out pairs (best ~0.55), so each
-# threshold is the one with the best held-out top-1 precision among those with >= 1% recall (see the doc).
-THRESHOLDS: dict[str, float] = {"wordllama-256": 0.47, "bm25": 0.40}
+# Precision >= 0.9 is NOT reached at any threshold with >= 1% recall on held-out pairs (best ~0.63 with the
+# confidence stage, ~0.55 without), so each threshold (applied to ``confidence``) is the one with the best
+# held-out top-1 precision among those with >= 1% recall (see the doc).
+THRESHOLDS: dict[str, float] = {"wordllama-256": 0.48, "bm25": 0.57}  # on the confidence, see CONFIDENCE
 # Whether to *say* anything: the top candidate's confidence = a logistic over its score's logit and its
 # margin (logit) over the runner-up. A clear winner is far more often right than a close call, and the
 # margin is what makes the score work in a repository of ten issues (the best of ten is not a duplicate
 # because it is the best). Fitted on out-of-fold scores by `--fit`: (bias, w_logit, w_margin) per model.
 # A model without an entry uses its top score alone.
-CONFIDENCE: dict[str, tuple[float, float, float]] = {}
+CONFIDENCE: dict[str, tuple[float, float, float]] = {
+    "wordllama-256": (-1.0289, 0.5727, 0.2376),
+    "bm25": (-1.0404, 0.6082, 0.288),
+}
 RUNNER_UP_FLOOR = 1e-4  # the runner-up's score when there is none
 DEFAULT_THRESHOLD = THRESHOLDS[SHIPPED_MODEL]
 DEFAULT_THRESHOLD_BM25 = THRESHOLDS["bm25"]
