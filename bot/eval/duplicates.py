@@ -288,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         m = results[label]
         print(f"{label:14s} {m['r@1']:6.3f} {m['r@5']:6.3f} {m['r@10']:6.3f} {m['mrr']:6.3f} {m['p50_ms']:7.1f} {m['p99_ms']:7.1f}")
     reranked = [m for m in ("hybrid+rerank", "bm25+rerank") if m in tops]
+    results["default_method"] = reranked[0] if reranked else None
     for label in reranked:
         key = name if label.startswith("hybrid") else None
         threshold = dup.threshold_for(key)
@@ -299,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
         curve = _curve(tl, neg, len(pairs))
         c = {x["threshold"]: x for x in curve}.get(round(threshold, 2)) or curve[-1]
         results[f"{label}@default"] = c
+        # the same figures inside the method's own entry, under the key names tools read
+        results[label].update({"threshold": threshold, "precision": c["precision"], "recall_top1": c["recall_top1"],
+                               "recall_shown": c["recall_shown"], "false_alarm_rate": c["false_alarm_rate"],
+                               "fired": c["fired"]})
         print(f"{label} at its default threshold {threshold:.2f} (in-sample if fitted on this data): fired {c['fired']} "
               f"precision {c['precision']:.3f} recall(top1 right) {c['recall_top1']:.3f} recall(original shown) "
               f"{c['recall_shown']:.3f} false alarms on {len(neg)} non-duplicates {c['false_alarm_rate']:.3f}")
