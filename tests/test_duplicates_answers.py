@@ -100,3 +100,56 @@ async def test_a_thumbs_down_from_the_new_author_invalidates_the_reused_answer(b
     before = len(fake_model.calls)
     await _open(bot, standin, "How do I change the output directory?", "I want results in ~/reports.", user="yan")
     assert len(fake_model.calls) == before + 1
+
+
+SMALL_REPO_HISTORY = [
+    ("Crash when exporting a report to PDF",
+     "Clicking *Export → PDF* on a report with charts crashes the app:\n\n```\nTraceback (most recent call last):\n"
+     "  File \"reportly/export/pdf_writer.py\", line 88, in render_chart\n    canvas.drawImage(chart.png_bytes)\n"
+     "KeyError: 'font_family'\n```\n\nSteps: open any report with a chart, choose Export, pick PDF."),
+    ("Dark mode for the settings page", "The settings page is still white when the rest of the app is dark."),
+    ("Add a CSV import wizard", "It would help to import expenses from a bank CSV with a column mapping step."),
+    ("Typo in the README install section", "It says `pip install reportlyy` with two y's."),
+    ("Support Python 3.13", "The wheel metadata caps the Python version below 3.13."),
+    ("Charts do not respect the locale's decimal separator",
+     "With a German locale the axis labels show 1.5 instead of 1,5."),
+    ("Slow startup with many saved reports", "With about 400 saved reports the app takes 20 seconds to start."),
+]
+
+
+async def _small_repo(bot, standin):
+    """A repository with seven issues of its own history (no other data): the small-repository case."""
+    opened = []
+    for day, (title, body) in enumerate(SMALL_REPO_HISTORY, start=1):
+        opened.append(await _open(bot, standin, title, body, created_at=f"2024-03-{day:02d}T09:00:00Z"))
+    return opened
+
+
+async def test_an_obvious_duplicate_in_a_small_repository_is_mentioned_at_the_default_threshold(bot, standin, fake_model):
+    # Eight issues in all; no `duplicates.threshold` configured: the shipped default decides.
+    history = await _small_repo(bot, standin)
+    original = history[0]
+    # Same error, same file, same steps, in the reporter's own words (no copy of the first report).
+    dup = await _open(bot, standin, "Report export to PDF dies with font_family KeyError",
+                      "Since yesterday I cannot save reports as PDF files. If a report contains a chart and I pick "
+                      "PDF from the Export menu, the program closes. The log ends in pdf_writer.py (render_chart) "
+                      "with `KeyError: 'font_family'`.",
+                      user="bob", created_at="2024-03-20T10:00:00Z")
+    [comment] = _bot_comments(standin, dup["number"])
+    assert "Possibly related" in comment["body"]
+    assert f"#{original['number']}" in comment["body"]
+    for other in history[1:]:  # only the real original is offered
+        assert f"#{other['number']}" not in comment["body"]
+    assert standin.issue(REPO, dup["number"])["state"] == "open"
+
+
+async def test_an_unrelated_issue_in_a_small_repository_gets_no_duplicate_mention(bot, standin, fake_model):
+    # The flip side of the small-repository case: the best of seven candidates is not a duplicate just
+    # because it is the best there is.
+    await _small_repo(bot, standin)
+    other = await _open(bot, standin, "Keyboard shortcut to duplicate a report",
+                        "I often copy a report to change one filter. A Ctrl+D shortcut that makes a copy of the "
+                        "open report would save me a few clicks each time.",
+                        user="bob", created_at="2024-03-20T10:00:00Z")
+    for comment in _bot_comments(standin, other["number"]):
+        assert "Possibly related" not in comment["body"]

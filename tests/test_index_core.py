@@ -97,6 +97,29 @@ def test_strip_code_keeps_error_lines():
     assert "mismatched types" in cleaned and "fn main" not in cleaned and "example.com" not in cleaned
 
 
+def test_strip_code_keeps_exception_lines_and_frames_of_other_languages():
+    body = ("Export crashes:\n```\nTraceback (most recent call last):\n"
+            "  File \"reportly/export/pdf_writer.py\", line 88, in render_chart\n    canvas.draw(chart)\n"
+            "KeyError: 'font_family'\n```\n")
+    cleaned = text.strip_code(body)
+    assert "KeyError: 'font_family'" in cleaned and "pdf_writer.py" in cleaned and "canvas.draw" not in cleaned
+
+
+def test_shared_words_still_match_in_a_repository_of_a_few_issues(db):
+    # Four issues: every word two of them share is in half the index. The document-frequency cut that
+    # keeps 100k-issue queries fast must not drop every shared word of a tiny repository.
+    seed(db)
+    store.upsert_issue(db, REPO, issue(6, "Startup crash when the config file is empty",
+                                       "widgets.toml empty, the config parser segfaults", "2024-01-06T00:00:00Z"))
+    expression, n_terms = duplicates.match_query(db, "Startup crash when the config file is empty",
+                                                 "widgets.toml empty, the config parser segfaults")
+    assert n_terms >= 3 and '"config"' in expression
+    ranked = duplicates.rank(db, REPO, "Startup crash when the config file is empty",
+                             "widgets.toml empty, the config parser segfaults", created_at="2024-01-06T00:00:00Z",
+                             number=6)
+    assert ranked and ranked[0].number == 2 and ranked[0].bm25 > 0
+
+
 def test_vectors_fuse_and_reload_after_write(db):
     seed(db)
     rng = np.random.default_rng(0)

@@ -101,6 +101,40 @@ def _curve(tops: list[tuple[list[tuple[int, float]], int]], neg: list[list[tuple
     return out
 
 
+def with_confidence(ranked: list[tuple[int, float]], coef) -> list[tuple[int, float]]:
+    """``ranked`` with the top entry's score replaced by the confidence model ``coef`` (None: unchanged)."""
+    if not ranked or coef is None:
+        return ranked
+    saved = dict(dup.CONFIDENCE)
+    dup.CONFIDENCE["_eval"] = tuple(coef)
+    dup.COEFS.setdefault("_eval", dup.COEFS["bm25"])
+    try:
+        conf = dup.confidence([s for _, s in ranked], "_eval")
+    finally:
+        dup.CONFIDENCE.clear(); dup.CONFIDENCE.update(saved); dup.COEFS.pop("_eval", None)
+    return [(ranked[0][0], conf)] + ranked[1:]
+
+
+def _confidence_rows(tops, neg):
+    xs, ys = [], []
+    def feats(r):
+        top = dup._logit(r[0][1])
+        return [top, top - dup._logit(r[1][1] if len(r) > 1 else dup.RUNNER_UP_FLOOR)]
+    for r, o in tops:
+        if r:
+            xs.append(feats(r)); ys.append(int(r[0][0] == o))
+    for r in neg:
+        if r:
+            xs.append(feats(r)); ys.append(0)
+    return np.array(xs), np.array(ys)
+
+
+def fit_confidence(tops, neg) -> tuple[float, float, float]:
+    """Logistic (top logit, margin logit) -> top-1 is the marked original; on out-of-fold scores."""
+    X, y = _confidence_rows(tops, neg)
+    return tuple(_fit_logistic(X, y))  # type: ignore[return-value]
+
+
 def choose_threshold(curve: list[dict], min_fired: int = 10) -> tuple[dict, bool]:
     """Lowest threshold with precision >= 0.9 on >= ``min_fired`` firings; else (flag False) the threshold
     with the best precision among those with top-1 recall >= 1% (ties: the higher threshold, quieter)."""
@@ -129,7 +163,7 @@ def cross_validate(per_query: dict, strict: list[tuple[int, int]], extra: list[t
 
     strict_d, extra_d = dict(strict), dict(extra)
     qs = sorted(strict_d)
-    rec, oof_curves = [], []
+    rec, oof_curves, conf_curves = [], [], []
     for rep in range(reps):
         order = qs[:]
         random.Random(rep).shuffle(order)
@@ -158,15 +192,27 @@ def cross_validate(per_query: dict, strict: list[tuple[int, int]], extra: list[t
             s = np.mean(neg_scores[q], axis=0) if len(numbers) else np.zeros(0)
             neg.append([(int(numbers[j]), float(s[j])) for j in np.argsort(-s)])
         oof_curves.append(_curve(tops, neg, len(qs)))
+        # second stage, 2-fold over queries and negatives: fit the confidence on one half, measure on the other
+        conf_tops, conf_neg = [], []
+        for i in (0, 1):
+            fit_t, fit_n = tops[i::2], neg[i::2]
+            coef = fit_confidence(fit_t, fit_n)
+            conf_tops += [(with_confidence(r, coef), o) for r, o in tops[1 - i::2]]
+            conf_neg += [with_confidence(r, coef) for r in neg[1 - i::2]]
+        conf_curves.append(_curve(conf_tops, conf_neg, len(qs)))
+        if rep == 0:
+            all_tops, all_neg = tops, neg
     recall = {k: float(np.mean([r[k] for r in rec])) for k in rec[0]}
     # average the out-of-fold curves over the repetitions
-    curve = []
-    for j in range(len(oof_curves[0])):
-        rows_j = [c[j] for c in oof_curves]
-        avg = {k: float(np.nanmean([r[k] for r in rows_j])) if k != "threshold" else rows_j[0][k] for k in rows_j[0]}
-        curve.append(avg)
+    def average(curves):
+        out = []
+        for j in range(len(curves[0])):
+            rows_j = [c[j] for c in curves]
+            out.append({k: float(np.nanmean([r[k] for r in rows_j])) if k != "threshold" else rows_j[0][k] for k in rows_j[0]})
+        return out
     X, y = rows(list({**extra_d, **strict_d}) + train_neg, {**extra_d, **strict_d})
-    return {"heldout": recall, "curve": curve, "coef": _fit_logistic(X, y)}
+    return {"heldout": recall, "curve": average(oof_curves), "coef": _fit_logistic(X, y),
+            "confidence_curve": average(conf_curves), "confidence": fit_confidence(all_tops, all_neg)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -243,13 +289,22 @@ def main(argv: list[str] | None = None) -> int:
         m = results[label]
         print(f"{label:14s} {m['r@1']:6.3f} {m['r@5']:6.3f} {m['r@10']:6.3f} {m['mrr']:6.3f} {m['p50_ms']:7.1f} {m['p99_ms']:7.1f}")
     reranked = [m for m in ("hybrid+rerank", "bm25+rerank") if m in tops]
+    results["default_method"] = reranked[0] if reranked else None
     for label in reranked:
         key = name if label.startswith("hybrid") else None
         threshold = dup.threshold_for(key)
         mode = "hybrid" if label.startswith("hybrid") else "bm25"
         neg = [[(c.number, c.score) for c in query(n, mode)[0]] for n in negatives]
-        c = {x["threshold"]: x for x in _curve(tops[label], neg, len(pairs))}.get(round(threshold, 2)) or _curve(tops[label], neg, len(pairs))[-1]
+        conf = dup.CONFIDENCE.get(key if key in dup.COEFS else "bm25")
+        tl = [(with_confidence(r, conf), o) for r, o in tops[label]]
+        neg = [with_confidence(r, conf) for r in neg]
+        curve = _curve(tl, neg, len(pairs))
+        c = {x["threshold"]: x for x in curve}.get(round(threshold, 2)) or curve[-1]
         results[f"{label}@default"] = c
+        # the same figures inside the method's own entry, under the key names tools read
+        results[label].update({"threshold": threshold, "precision": c["precision"], "recall_top1": c["recall_top1"],
+                               "recall_shown": c["recall_shown"], "false_alarm_rate": c["false_alarm_rate"],
+                               "fired": c["fired"]})
         print(f"{label} at its default threshold {threshold:.2f} (in-sample if fitted on this data): fired {c['fired']} "
               f"precision {c['precision']:.3f} recall(top1 right) {c['recall_top1']:.3f} recall(original shown) "
               f"{c['recall_shown']:.3f} false alarms on {len(neg)} non-duplicates {c['false_alarm_rate']:.3f}")
@@ -265,19 +320,21 @@ def main(argv: list[str] | None = None) -> int:
                 per_query[q] = (np.array([c.number for c in ranked], dtype=np.int64),
                                 np.array([[float(c.features.get(f) or 0.0) for f in dup.FEATURES] for c in ranked]).reshape(-1, len(dup.FEATURES)))
             cv = cross_validate(per_query, pairs, loose, train_negatives, negatives)
-            chosen, reached = choose_threshold(cv["curve"])
+            chosen, reached = choose_threshold(cv["confidence_curve"])
             fits[key] = {"heldout": cv["heldout"], "threshold": chosen, "precision_0.9_reached": reached,
-                         "coef": cv["coef"], "curve": cv["curve"]}
+                         "coef": cv["coef"], "curve": cv["confidence_curve"], "score_curve": cv["curve"],
+                         "confidence": cv["confidence"]}
             h = cv["heldout"]
             print(f"\n[{key}] held-out (2-fold x5) R@1 {h['r@1']:.3f} R@5 {h['r@5']:.3f} R@10 {h['r@10']:.3f} MRR {h['mrr']:.3f}")
             print(f"[{key}] threshold {chosen['threshold']:.2f} ({'precision >= 0.9 reached' if reached else 'precision 0.9 NOT reached: best precision at >= 1% recall'}):"
                   f" fired {chosen['fired']:.1f} precision {chosen['precision']:.3f} recall(top1) {chosen['recall_top1']:.3f}"
                   f" recall(shown) {chosen['recall_shown']:.3f} false alarms {chosen['false_alarm_rate']:.3f}")
-            for c in cv["curve"]:
+            for c in cv["confidence_curve"]:
                 if abs(c["threshold"] * 20 - round(c["threshold"] * 20)) < 1e-6:
                     print(f"   t={c['threshold']:.2f} fired {c['fired']:6.1f} precision {c['precision']:.3f} recall(top1) {c['recall_top1']:.3f} "
                           f"recall(shown) {c['recall_shown']:.3f} false alarms {c['false_alarm_rate']:.3f}")
             print(f'    "{key}": {tuple(round(v, 4) for v in cv["coef"])},')
+            print(f'    CONFIDENCE "{key}": {tuple(round(v, 4) for v in cv["confidence"])},')
         results["fit"] = fits
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=float))

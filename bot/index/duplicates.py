@@ -10,13 +10,20 @@ writes. Only issues of the same repo created *before* the query issue are candid
    inside FTS5, then filtered to the repo and time window.
 2. Vectors: cosine between the query's embedding and every earlier issue of the repo (a per-repo
    float32 matrix held in memory, reloaded when ``index_meta.vector_version`` changes).
-3. Rerank: the union of both top ``POOL`` lists is scored by a logistic model over ``FEATURES`` (BM25
+3. Title-to-title: an FTS5 query on the title column alone with the query's rarest title terms.
+4. Rerank: the union of the three top ``POOL`` lists is scored by a logistic model over ``FEATURES`` (BM25
    score/rank, title/body BM25, cosine, title and IDF-weighted term overlap, shared error lines, error
    codes and code identifiers, days between the issues), fitted per vector model (``COEFS``; "bm25" when
    there are no vectors) by ``python -m bot eval duplicates --fit`` with 2-fold cross-validation. ``score``
    reads as the probability that the candidate is the marked original; ``THRESHOLDS`` are the per-model
    comment thresholds chosen on held-out data (docs/benchmarks-duplicates.md: precision 0.9 is NOT
    reachable on the dev data; the thresholds are the best held-out precision at >= 1% recall).
+5. Say it or not: :func:`confidence` of the top candidate (its score and its margin over the runner-up,
+   a second logistic fitted out-of-fold) must reach the threshold before anything is mentioned; the
+   margin is what keeps the best of ten issues in a small repository from being offered by default.
+
+Terms found in fewer than ``MIN_DF_CAP`` documents are never dropped as too common, so a repository of
+a few issues still matches the words two reports share.
 """
 from __future__ import annotations
 
@@ -39,11 +46,15 @@ from bot.index.text import STOPWORDS, clean_body, content_terms
 
 MAX_TERMS = 16        # query terms kept (title and body), rarest first, after stemming/dedup
 MAX_DF_FRACTION = 0.2  # terms in more than this share of the index are dropped (slow and unspecific)
+MIN_DF_CAP = 50       # ... but never for fewer documents than this: in a repository of ten issues every shared
+                      # word is in 20% of them (the query issue itself counts), and dropping them all left an
+                      # obvious duplicate with no lexical match at all
 MAX_POSTINGS = 40_000  # cap on the summed document frequency of the query terms (rarest kept): bounds the
                        # FTS5 cost at 100k issues; never binds on the 8.5k dev pool (p99 7,300)
 TITLE_WEIGHT = 3.0
 BODY_WEIGHT = 1.0
 POOL = 50            # candidates taken from each retriever before reranking
+TITLE_POOL = True    # add the title-to-title retriever's top POOL to the candidates
 FTS_OVERFETCH = 4    # FTS5-only ranking fetches this many times POOL before the repo/time filter
 ALPHA = 0.4          # legacy linear fusion weight (kept for the `fused` feature/diagnostics)
 
@@ -53,23 +64,34 @@ ALPHA = 0.4          # legacy linear fusion weight (kept for the `fused` feature
 # is the marked original; candidates are ordered by it.
 FEATURES = ("bm25_norm", "bm25_per_term", "bm25_rr", "bm25_title_pt", "bm25_body_pt", "cosine", "cosine_rel",
             "vector_rr", "title_jaccard", "title_idf", "terms_idf", "error_lines", "error_codes", "identifiers",
-            "identifiers_jaccard", "log_days")
+            "identifiers_jaccard", "log_days", "title_rr")
 SHIPPED_MODEL = "wordllama-256"
 COEFS: dict[str, tuple[float, ...]] = {
     # (bias, *weights in FEATURES order). `--fit` on 374 strict + 102 loose rust-lang/rust pairs and 500
     # training non-duplicates (disjoint from the 500 used for false alarms); held-out numbers in the doc.
-    "wordllama-256": (-5.9481, 2.8708, -0.0092, 1.1123, 0.3963, 0.1122, 1.3446, 2.4589, 0.5449, 0.2102, 1.1188,
-                      -1.1259, -0.0291, 1.2575, 0.1906, 0.8866, -0.3743),
-    "bm25": (-6.4567, 3.5886, -0.3091, 1.3137, 0.6106, 0.4037, 0.0, 0.0, 0.0, 0.7459, 0.9217, 0.1349, 0.1138,
-             1.1799, 0.2208, 0.8444, -0.404),
+    "wordllama-256": (-5.5964, 2.1817, 0.0307, 1.4449, 0.2818, 0.0912, 1.1653, 1.9915, 0.6184, 0.2065, 1.282,
+                      -0.7993, 0.0169, 1.2504, 0.1537, 0.7224, -0.3885, 0.1343),
+    "bm25": (-5.492, 2.1207, -0.2042, 1.8641, 0.3943, 0.3107, 0.0, 0.0, 0.0, 0.8076, 0.8458, 0.3721, 0.1582,
+             1.2351, 0.1787, 0.9662, -0.4199, 0.3434),
 }
 # Fitted with MiniLM cosines on the earlier 5-feature model (bias, cosine, title_overlap, bm25_per_term,
 # fused, margin); MiniLM is not shipped, so these are kept for reference only. An embedder without its own
 # entry in COEFS is ranked and scored with the "bm25" model (vector features ignored).
 LEGACY_MINILM_COEF = (-5.974, 2.234, 1.207, 0.247, 1.779, 3.528)
-# Precision >= 0.9 is NOT reached at any threshold with >= 1% recall on held-out pairs (best ~0.55), so each
-# threshold is the one with the best held-out top-1 precision among those with >= 1% recall (see the doc).
-THRESHOLDS: dict[str, float] = {"wordllama-256": 0.47, "bm25": 0.40}
+# Precision >= 0.9 is NOT reached at any threshold with >= 1% recall on held-out pairs (best ~0.63 with the
+# confidence stage, ~0.55 without), so each threshold (applied to ``confidence``) is the one with the best
+# held-out top-1 precision among those with >= 1% recall (see the doc).
+THRESHOLDS: dict[str, float] = {"wordllama-256": 0.48, "bm25": 0.57}  # on the confidence, see CONFIDENCE
+# Whether to *say* anything: the top candidate's confidence = a logistic over its score's logit and its
+# margin (logit) over the runner-up. A clear winner is far more often right than a close call, and the
+# margin is what makes the score work in a repository of ten issues (the best of ten is not a duplicate
+# because it is the best). Fitted on out-of-fold scores by `--fit`: (bias, w_logit, w_margin) per model.
+# A model without an entry uses its top score alone.
+CONFIDENCE: dict[str, tuple[float, float, float]] = {
+    "wordllama-256": (-1.0289, 0.5727, 0.2376),
+    "bm25": (-1.0404, 0.6082, 0.288),
+}
+RUNNER_UP_FLOOR = 1e-4  # the runner-up's score when there is none
 DEFAULT_THRESHOLD = THRESHOLDS[SHIPPED_MODEL]
 DEFAULT_THRESHOLD_BM25 = THRESHOLDS["bm25"]
 
@@ -144,7 +166,7 @@ def match_query(
     for i, (w, st) in enumerate(zip(words, stemmed)):
         first.setdefault(st, (w, i < n_title))
     df = _document_frequency(db, list(first))
-    limit = max(1.0, max_df_fraction * _corpus_size(db))
+    limit = max(float(MIN_DF_CAP), max_df_fraction * _corpus_size(db))
     kept = [(st, w, is_title) for st, (w, is_title) in first.items() if df.get(st, 0) <= limit]
     titles = sorted([k for k in kept if k[2]], key=lambda k: df.get(k[0], 0))[:max_terms]
     bodies = sorted([k for k in kept if not k[2]], key=lambda k: df.get(k[0], 0))[: max_terms - len(titles)]
@@ -244,6 +266,51 @@ def bm25_candidates(
     params += [TITLE_WEIGHT, BODY_WEIGHT, limit]
     rows = db.execute(sql, params).fetchall()
     return [(int(r[0]), *(float(v) for v in r[1:])) for r in rows], n_terms
+
+
+TITLE_TERMS = 8       # rarest title terms in the title-to-title query
+
+
+def title_candidates(
+    db: sqlite_utils.Database, repo: str, title: str, before: str | None = None, exclude: int | None = None,
+    limit: int = POOL,
+) -> list[int]:
+    """Title-to-title matching: earlier issues of ``repo`` whose *title* matches the query's title terms
+    (FTS5 column filter, the ``TITLE_TERMS`` rarest), best first. Two reports of one bug often share
+    their title's key words while their bodies differ (one pastes code, the other prose)."""
+    words = content_terms(title)
+    if not words:
+        return []
+    stemmed = stems(words)
+    first: dict[str, str] = {}
+    for w, st in zip(words, stemmed):
+        first.setdefault(st, w)
+    df = _document_frequency(db, list(first))
+    cap = max(float(MIN_DF_CAP), MAX_DF_FRACTION * _corpus_size(db))
+    kept = sorted((st for st in first if df.get(st, 0) <= cap), key=lambda st: df.get(st, 0))[:TITLE_TERMS]
+    if not kept:
+        return []
+    expression = "{title} : (" + " OR ".join(f'"{first[st]}"' for st in kept) + ")"
+    fetch = FTS_OVERFETCH * limit
+    hits = db.execute(
+        "SELECT rowid FROM issues_fts WHERE issues_fts MATCH ? ORDER BY bm25(issues_fts, 1, 0) LIMIT ?",
+        [expression, fetch],
+    ).fetchall()
+    if not hits:
+        return []
+    marks = ",".join("?" * len(hits))
+    where, extra = _visible("", before, exclude)
+    visible = dict(db.execute(f"SELECT rowid, number FROM issues WHERE rowid IN ({marks}) AND repo = ?{where}",
+                              [h[0] for h in hits] + [repo] + extra).fetchall())
+    out = [int(visible[h[0]]) for h in hits if h[0] in visible][:limit]
+    if len(out) >= limit or len(hits) < fetch:
+        return out
+    where, extra = _visible("i.", before, exclude)
+    rows = db.execute(
+        "SELECT i.number FROM issues_fts CROSS JOIN issues i ON i.rowid = issues_fts.rowid "
+        f"WHERE issues_fts MATCH ? AND i.repo = ?{where} ORDER BY bm25(issues_fts, 1, 0) LIMIT ?",
+        [expression, repo] + extra + [limit]).fetchall()
+    return [int(r[0]) for r in rows]
 
 
 class VectorMatrix:
@@ -390,6 +457,26 @@ def calibrated(features: dict, hybrid: bool | str = False) -> float:
     return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
 
 
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-6), 1 - 1e-6)
+    return math.log(p / (1 - p))
+
+
+def confidence(scores: Sequence[float], model: str | None) -> float:
+    """How sure we are that the best of ``scores`` (best first) is a duplicate at all: the model's
+    ``CONFIDENCE`` logistic over the top score's logit and its margin over the runner-up."""
+    if not scores:
+        return 0.0
+    key = model if model in COEFS else "bm25"
+    coef = CONFIDENCE.get(key)
+    if coef is None:
+        return float(scores[0])
+    top = _logit(scores[0])
+    margin = top - _logit(scores[1] if len(scores) > 1 else RUNNER_UP_FLOOR)
+    z = coef[0] + coef[1] * top + coef[2] * margin
+    return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
+
+
 def threshold_for(model: str | None) -> float:
     """The calibrated default threshold for a vector model (None / unknown: BM25 alone)."""
     key = model if model in COEFS else "bm25"
@@ -415,6 +502,7 @@ def rank(
     n_terms = 0
     if mode in ("hybrid", "bm25"):
         lexical, n_terms = bm25_candidates(db, repo, title, search_body, created_at, number, with_columns=True)
+    titled = title_candidates(db, repo, title, created_at, number) if mode in ("hybrid", "bm25") and TITLE_POOL else []
     matrix = None
     semantic: list[tuple[int, float]] = []
     use_vectors = query_vector is not None and mode in ("hybrid", "vector")
@@ -424,11 +512,12 @@ def rank(
         semantic = matrix.search(query_vector, created_at, number)
     # An embedder without fitted coefficients is scored by the BM25 model (its vector weights are 0).
     model_key = vector_model if use_vectors and vector_model in COEFS else "bm25"
-    pool = list(dict.fromkeys([r[0] for r in lexical] + [n for n, _ in semantic]))
+    pool = list(dict.fromkeys([r[0] for r in lexical] + [n for n, _ in semantic] + titled))
     if not pool:
         return []
     lex = {r[0]: (i, r) for i, r in enumerate(lexical)}
     sem = {n: i for i, (n, _) in enumerate(semantic)}
+    tit = {n: i for i, n in enumerate(titled)}
     top_bm25 = lexical[0][1] if lexical and lexical[0][1] > 0 else 1.0
     cosines = {n: (matrix.cosine(query_vector, n) if matrix is not None else None) for n in pool}
     best_cos = max((c for c in cosines.values() if c is not None), default=0.0)
@@ -473,6 +562,7 @@ def rank(
             "identifiers": min(5, len(query_sig["idents"] & sig["idents"])),
             "identifiers_jaccard": len(query_sig["idents"] & sig["idents"]) / max(1, len(query_sig["idents"] | sig["idents"])),
             "log_days": math.log1p(max(0.0, days)),
+            "title_rr": 1.0 / (1 + tit[n]) if n in tit else 0.0,
         }
         fused = ALPHA * s / top_bm25 + (1 - ALPHA) * (cos or 0.0) if use_vectors else s / top_bm25
         reasons = []
@@ -513,8 +603,12 @@ def find_duplicates(
         db, repo, title, body, created_at=created_at, number=number, templates=templates,
         query_vector=query_vector, vector_model=vector_model, limit=max(10, max_candidates),
     )
+    model = vector_model if query_vector is not None else None
     if threshold is None:
-        threshold = threshold_for(vector_model if query_vector is not None else None)
-    chosen = [c for c in ranked if c.score >= threshold]
-    chosen.sort(key=lambda c: -c.score)
+        threshold = threshold_for(model)
+    if not ranked or confidence([c.score for c in ranked], model) < threshold:
+        return []
+    # The top candidate is confident enough to mention; others come along only if they score as high
+    # as the top is required to be sure (a second report of the same bug is often a duplicate too).
+    chosen = [ranked[0]] + [c for c in ranked[1:] if c.score >= threshold]
     return chosen[:max_candidates]

@@ -39,6 +39,13 @@ _LIST_MARK = re.compile(r"^\s*(?:[-*+>]|\d+[.)])\s+")
 _HEADING = re.compile(r"^\s*#{1,6}\s*")
 # A line that looks like compiler/runtime output worth keeping out of a fenced block.
 _ERROR_LINE = re.compile(r"(error(\[E\d{4}\])?:|panicked at|internal compiler error|assertion failed)", re.I)
+# Lines of a code block or log that identify *which* failure this is, in any language: compiler errors,
+# panics, assertions, aborts, a Python exception line (``KeyError: 'x'``) or traceback frame
+# (``File "a/b.py", line 3, in f``), a JS/Java ``TypeError``/``...Exception``.
+_SIGNAL_LINE = re.compile(
+    r"(error(\[E\d{4}\])?:|panicked at|internal compiler error|assert|abort|segmentation fault|stack overflow|"
+    r"fatal|\b[A-Za-z_][A-Za-z0-9_]*(Error|Exception|Warning)\b|^\s*File \"[^\"]+\", line \d+)", re.I)
+MAX_SIGNAL_LINES = 5
 
 
 def fold(text: str) -> str:
@@ -118,8 +125,8 @@ def strip_code(body: str, keep_error_lines: bool = True) -> str:
     def replace(match: re.Match[str]) -> str:
         if not keep_error_lines:
             return "\n"
-        errors = [line for line in match.group(0).splitlines() if _ERROR_LINE.search(line)]
-        return "\n" + "\n".join(errors[:3]) + "\n"
+        errors = [line for line in match.group(0).splitlines()[1:] if _SIGNAL_LINE.search(line)]
+        return "\n" + "\n".join(errors[:MAX_SIGNAL_LINES]) + "\n"
 
     body = _FENCE.sub(replace, body or "")
     return _URL.sub(" ", body)
